@@ -1,0 +1,1 @@
+"""spelke_jax: JAX/Flax ports of the Spelke-object family of models."""
