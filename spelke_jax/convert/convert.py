@@ -1,0 +1,117 @@
+"""PyTorch checkpoint -> Orbax checkpoint, one tensor at a time.
+
+    convert_checkpoint("SpelkeNet1B.pt", "out/spelkenet_1b", system="lras")
+
+Output directory layout (written under a temporary name, renamed when complete):
+    <out>/config.json   {"system", "model_config", "source", "format_version"}
+    <out>/params/       Orbax checkpoint of the parameter tree ('blocks/0/attn/qkv', ...)
+
+Tensors are read through a memory map, transformed and written with Orbax partial saves one
+by one, so peak memory stays near the largest tensor, not the file size.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+from absl import logging
+from flax import nnx
+
+from spelke_jax.convert import mapping
+from spelke_jax.convert.torch_reader import load_checkpoint
+from spelke_jax.models import registry
+
+FORMAT_VERSION = 1
+CONFIG_FILE = "config.json"
+PARAMS_DIR = "params"
+
+
+def abstract_params(system: str, config) -> dict[str, Any]:
+  """{'a/b/c': ShapeDtypeStruct-like variable} of the model's parameters, from eval_shape."""
+  model = registry.spec(system).get("abstract")(config)
+  _, state = nnx.split(model)
+  return {"/".join(str(p) for p in path): var for path, var in nnx.to_flat_state(state)}
+
+
+def build_config(system: str, checkpoint_cfg: Mapping[str, Any] | None,
+                 overrides: Mapping[str, Any] | None = None):
+  """Model config from the checkpoint's saved `cfg` plus explicit overrides."""
+  from_dict = registry.spec(system).get("config_from_dict")
+  if not checkpoint_cfg and not overrides:
+    raise ValueError(f"the checkpoint has no saved 'cfg' and no config was given for {system}")
+  return from_dict(dict(checkpoint_cfg or {}), **dict(overrides or {}))
+
+
+def convert_checkpoint(src: str | os.PathLike, out: str | os.PathLike, system: str, *,
+                       config_overrides: Mapping[str, Any] | None = None,
+                       overwrite: bool = False, progress: bool = True) -> Path:
+  """Converts `src` (.pt/.pth/.safetensors/.npz) of `system` ('lras', 'lpq') into `out`.
+
+  Returns `out`. Raises MappingError (before writing anything) when names or shapes do not
+  match, CheckpointError on unreadable or unsafe files. Nothing is left at `out` on failure.
+  """
+  from orbax.checkpoint import v1 as ocp  # pylint: disable=g-import-not-at-top
+
+  out = Path(out).absolute()
+  if out.exists() and not overwrite:
+    raise FileExistsError(f"{out} exists; pass overwrite=True to replace it")
+  ckpt = load_checkpoint(src)
+  config = build_config(system, ckpt.config(), config_overrides)
+  state_dict = ckpt.state_dict()
+  leaves = abstract_params(system, config)
+  table = registry.spec(system).get("table")(config)
+  steps = mapping.plan(table, {k: v.shape for k, v in state_dict.items()},
+                       {k: v.shape for k, v in leaves.items()})
+
+  tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+  shutil.rmtree(tmp, ignore_errors=True)
+  tmp.mkdir(parents=True)
+  try:
+    params_path = tmp / PARAMS_DIR
+    total = sum(state_dict[s.source].nbytes for s in steps)
+    done, t0 = 0, time.time()
+    bar = _progress(len(steps), f"converting {Path(src).name}") if progress else None
+    for i, step in enumerate(steps):
+      leaf = leaves[step.flax_path]
+      array = np.ascontiguousarray(step.transform.fn(state_dict[step.source].read()),
+                                   dtype=leaf.dtype)
+      ocp.partial.save(params_path, mapping.unflatten([(step.flax_path, array)]))
+      done += state_dict[step.source].nbytes
+      del array
+      if bar is not None:
+        bar.update(1)
+      elif i % 20 == 0:
+        logging.info("converted %d/%d tensors (%.1f%% of bytes, %.0fs)", i + 1, len(steps),
+                     100 * done / max(total, 1), time.time() - t0)
+    if bar is not None:
+      bar.close()
+    ocp.partial.finalize(params_path)
+    meta = {"system": system, "model_config": _jsonable(config.to_dict()),
+            "source": str(Path(src).absolute()), "format_version": FORMAT_VERSION}
+    (tmp / CONFIG_FILE).write_text(json.dumps(meta, indent=2))
+    if out.exists():
+      shutil.rmtree(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(tmp, out)
+  except BaseException:
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise
+  return out
+
+
+def _progress(total: int, desc: str):
+  from tqdm import tqdm  # pylint: disable=g-import-not-at-top
+  return tqdm(total=total, desc=desc, unit="tensor")
+
+
+def _jsonable(obj):
+  if isinstance(obj, dict):
+    return {str(k): _jsonable(v) for k, v in obj.items()}
+  if isinstance(obj, (list, tuple)):
+    return [_jsonable(v) for v in obj]
+  return obj

@@ -1,0 +1,68 @@
+"""Loads a converted checkpoint (see convert.py) back into an nnx model with one call.
+
+    model = load_converted("out/spelkenet_1b")                        # single device
+    model = load_converted("out/spelkenet_1b", mesh=mesh, rules="tp") # born sharded
+    model = load_converted(path, param_dtype="bfloat16", dtype="bfloat16")  # dtype policy
+
+Parameters are restored by Orbax directly into their target shardings, so a model larger than
+one device's memory never materialises on one device.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+import jax
+from flax import nnx
+from jax.sharding import Mesh
+
+from spelke_jax import sharding as sharding_lib
+from spelke_jax.convert.convert import CONFIG_FILE, PARAMS_DIR
+from spelke_jax.convert.mapping import unflatten
+from spelke_jax.models import registry
+
+
+def read_meta(path: str | os.PathLike) -> dict[str, Any]:
+  path = Path(path)
+  cfg = path / CONFIG_FILE
+  if not cfg.exists():
+    raise FileNotFoundError(f"{path} is not a converted checkpoint: no {CONFIG_FILE}")
+  return json.loads(cfg.read_text())
+
+
+def load_config(path: str | os.PathLike, **overrides):
+  meta = read_meta(path)
+  return registry.spec(meta["system"]).get("config_from_dict")(meta["model_config"], **overrides)
+
+
+def load_converted(path: str | os.PathLike, *, mesh: Mesh | None = None,
+                   rules: str | Mapping[str, Any] = "dp", **config_overrides) -> nnx.Module:
+  """The model stored at `path`, optionally placed on `mesh` by logical-axis `rules`
+  (a name from sharding.RULES or a mapping). `config_overrides` change e.g. the dtype policy."""
+  from orbax.checkpoint import v1 as ocp  # pylint: disable=g-import-not-at-top
+
+  path = Path(path).absolute()
+  meta = read_meta(path)
+  spec = registry.spec(meta["system"])
+  config = spec.get("config_from_dict")(meta["model_config"], **config_overrides)
+  graphdef, state = nnx.split(spec.get("abstract")(config))
+  flat = list(nnx.to_flat_state(state))
+  if mesh is not None:
+    rules = sharding_lib.RULES[rules] if isinstance(rules, str) else rules
+    shardings = sharding_lib.param_shardings(state, mesh, rules)
+  else:
+    device = jax.devices()[0]
+    shardings = {p: jax.sharding.SingleDeviceSharding(device) for p, _ in flat}
+  target = unflatten([
+      ("/".join(str(p) for p in path_), jax.ShapeDtypeStruct(var.shape, var.dtype,
+                                                             sharding=shardings[path_]))
+      for path_, var in flat])
+  restored = ocp.load_pytree(path / PARAMS_DIR, target)
+  for path_, var in flat:
+    node = restored
+    for p in path_:
+      node = node[str(p)]
+    var.set_value(node)
+  return nnx.merge(graphdef, state)
