@@ -59,7 +59,7 @@ def load_converted(path: str | os.PathLike, *, mesh: Mesh | None = None,
       ("/".join(str(p) for p in path_), jax.ShapeDtypeStruct(var.shape, var.dtype,
                                                              sharding=shardings[path_]))
       for path_, var in flat])
-  restored = ocp.load_pytree(path / PARAMS_DIR, target)
+  restored = ocp.load(path / PARAMS_DIR, target)
   for path_, var in flat:
     node = restored
     for p in path_:

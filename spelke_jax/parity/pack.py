@@ -117,3 +117,18 @@ def compare(name: str, expected: np.ndarray, actual: Any, tol: Tolerance) -> Com
   ok = frac <= tol.max_mismatch_frac
   detail = f"{frac:.2%} out of tolerance" if bad.any() else ""
   return Comparison(name, ok, max_err, tol, detail)
+
+
+def find_packs(systems: str | tuple[str, ...], root: str | os.PathLike | None = None) -> list[Path]:
+  """Pack directories under `root` (default: the fixtures dir) whose system is in `systems`."""
+  systems = (systems,) if isinstance(systems, str) else tuple(systems)
+  root = Path(root) if root is not None else default_fixtures_dir()
+  found = []
+  for manifest in sorted(root.glob("*/manifest.json")):
+    try:
+      system = json.loads(manifest.read_text()).get("system")
+    except json.JSONDecodeError:
+      continue
+    if system in systems:
+      found.append(manifest.parent)
+  return found

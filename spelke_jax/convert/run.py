@@ -1,0 +1,57 @@
+"""The `convert` mode: torch checkpoint -> <workdir>/model, then load it back and run it once."""
+from __future__ import annotations
+
+import json
+import os
+import resource
+import time
+from pathlib import Path
+
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import logging
+
+from spelke_jax.convert.convert import convert_checkpoint
+from spelke_jax.convert.load import load_converted
+
+
+def smoke_forward(system: str, model) -> dict:
+  """One forward on a fixed input: LRAS -> logits of 16 tokens; LPQ -> encode/decode 64x64."""
+  if system == "lras":
+    cfg = model.config
+    t = min(16, cfg.block_size)
+    tokens = (jnp.arange(t, dtype=jnp.int32) * 7919 % cfg.vocab_size)[None]
+    positions = jnp.arange(t, dtype=jnp.int32)[None]
+    logits = np.asarray(model(tokens, positions), np.float32)
+    return {"input_tokens": tokens[0].tolist(), "logits_shape": list(logits.shape),
+            "last_logits_head": logits[0, -1, :5].round(5).tolist(),
+            "argmax_next_token": int(logits[0, -1].argmax()),
+            "finite": bool(np.isfinite(logits).all())}
+  if system == "lpq":
+    c = model.config.num_in_channels
+    x = jnp.asarray(np.linspace(-1, 1, 64 * 64 * c, dtype=np.float32).reshape(1, 64, 64, c))
+    idx = model.quantize(x)
+    y = np.asarray(model.decode(idx))
+    return {"indices_shape": list(idx.shape), "decoded_shape": list(y.shape),
+            "first_indices": np.asarray(idx)[0, 0, :4].tolist(), "finite": bool(np.isfinite(y).all())}
+  raise ValueError(f"no smoke test for system {system!r}")
+
+
+def run(config: ml_collections.ConfigDict, workdir: Path) -> dict:
+  out = workdir / "model"
+  overrides = {"param_dtype": config.param_dtype} if config.param_dtype else {}
+  t0 = time.time()
+  convert_checkpoint(config.src, out, config.system, config_overrides=overrides,
+                     overwrite=config.overwrite)
+  report = {"system": config.system, "src": str(config.src), "out": str(out),
+            "seconds": round(time.time() - t0, 3),
+            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+  logging.info("converted %s -> %s in %.1fs", config.src, out, report["seconds"])
+  if config.smoke_test:
+    report["smoke_test"] = smoke_forward(config.system, load_converted(out))
+    print(f"loaded {out}: {json.dumps(report['smoke_test'])}")
+  tmp = workdir / f".convert_report.json.tmp-{os.getpid()}"
+  tmp.write_text(json.dumps(report, indent=2))
+  os.replace(tmp, workdir / "convert_report.json")
+  return report
