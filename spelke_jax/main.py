@@ -18,6 +18,8 @@ from pathlib import Path
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from spelke_jax import logs
+
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py[:arg]).",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where the run writes its outputs.")
@@ -35,6 +37,7 @@ def main(argv):
   if os.environ.get("SPELKE_JAX_DISTRIBUTED"):
     import jax  # pylint: disable=g-import-not-at-top
     jax.distributed.initialize()
+  logs.quiet_libraries()
   config = _CONFIG.value
   if config.mode not in MODES:
     raise app.UsageError(f"unknown config.mode {config.mode!r}; known: {sorted(MODES)}")

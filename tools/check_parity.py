@@ -55,6 +55,8 @@ def check(path: Path, systems: list[str] | None) -> bool | None:
 
 def main(argv):
   del argv
+  from spelke_jax import logs  # pylint: disable=g-import-not-at-top
+  logs.quiet_libraries()
   outcomes = [check(p, _SYSTEMS.value) for p in _packs(Path(_FIXTURE.value))]
   ran = [o for o in outcomes if o is not None]
   if not ran:
