@@ -6,11 +6,13 @@ Output directory layout (written under a temporary name, renamed when complete):
     <out>/config.json   {"system", "model_config", "source", "format_version"}
     <out>/params/       Orbax checkpoint of the parameter tree ('blocks/0/attn/qkv', ...)
 
-Tensors are read through a memory map, transformed and written with Orbax partial saves one
-by one, so peak memory stays near the largest tensor, not the file size.
+Tensors are read, transformed and written with Orbax partial saves one by one, so peak memory
+stays near two to three times the largest tensor (its bytes, a transposed copy, the writer's
+buffer), not the file size.
 """
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import shutil
@@ -23,7 +25,7 @@ from absl import logging
 from flax import nnx
 
 from spelke_jax.convert import mapping
-from spelke_jax.convert.torch_reader import load_checkpoint
+from spelke_jax.convert.torch_reader import empty_aligned, load_checkpoint
 from spelke_jax.models import registry
 
 FORMAT_VERSION = 1
@@ -76,13 +78,17 @@ def convert_checkpoint(src: str | os.PathLike, out: str | os.PathLike, system: s
     total = sum(state_dict[s.source].nbytes for s in steps)
     done, t0 = 0, time.time()
     bar = _progress(len(steps), f"converting {Path(src).name}") if progress else None
+    # Orbax deep-copies host arrays before writing by default; ours are never touched again.
+    context = ocp.Context(memory_options=ocp.options.MemoryOptions(deepcopy_host_arrays=False))
     for i, step in enumerate(steps):
       leaf = leaves[step.flax_path]
-      array = np.ascontiguousarray(step.transform.fn(state_dict[step.source].read()),
-                                   dtype=leaf.dtype)
-      ocp.partial.save(params_path, mapping.unflatten([(step.flax_path, array)]))
+      # The read array dies as soon as the transformed copy exists (no name holds it).
+      array = _host_array(step.transform.fn(state_dict[step.source].read()), leaf.dtype)
+      with context:
+        ocp.partial.save(params_path, mapping.unflatten([(step.flax_path, array)]))
       done += state_dict[step.source].nbytes
       del array
+      _release_freed_memory()
       if bar is not None:
         bar.update(1)
       elif i % 20 == 0:
@@ -102,6 +108,35 @@ def convert_checkpoint(src: str | os.PathLike, out: str | os.PathLike, system: s
     shutil.rmtree(tmp, ignore_errors=True)
     raise
   return out
+
+
+def _host_array(x: np.ndarray, dtype) -> np.ndarray:
+  """`x` as a C-contiguous array of `dtype`: itself when it already is, else one copy (in its
+  own memory map when large, so that freeing it returns the memory at once)."""
+  dtype = np.dtype(dtype)
+  if isinstance(x, np.ndarray) and x.dtype == dtype and x.flags.c_contiguous:
+    return x
+  out = empty_aligned(np.shape(x), dtype)
+  np.copyto(out, x, casting="unsafe")
+  return out
+
+
+_LIBC_TRIM = None
+
+
+def _release_freed_memory() -> None:
+  """Returns memory freed by the previous save to the OS (glibc only; a no-op elsewhere).
+
+  The compressor's output buffers (one tensor's size) are malloc'd in worker threads' arenas,
+  which glibc does not shrink on its own, so without this they add a tensor to the peak."""
+  global _LIBC_TRIM
+  if _LIBC_TRIM is None:
+    try:
+      _LIBC_TRIM = ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+      _LIBC_TRIM = False
+  if _LIBC_TRIM:
+    _LIBC_TRIM(0)
 
 
 def _progress(total: int, desc: str):

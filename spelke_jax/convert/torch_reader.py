@@ -5,8 +5,8 @@ tensor is a call to `torch._utils._rebuild_tensor_v2` on a persistent storage id
 file per storage under `<root>/data/<key>`. We unpickle `data.pkl` with a restricted unpickler:
 only the handful of globals a state dict needs are resolved, each to a function of ours; any
 other global is refused with an error that names it. Tensors come back as `TensorRef`s that
-read their bytes on demand through a memory map, so a file larger than RAM can be converted one
-tensor at a time.
+read their own bytes on demand, straight into the result, so a file larger than RAM can be
+converted one tensor at a time.
 
 Also reads `.safetensors` (parsed here: an 8-byte header length, a JSON header, raw bytes) and
 `.npz` (numpy, `allow_pickle=False`).
@@ -17,6 +17,7 @@ import collections
 import dataclasses
 import io
 import json
+import mmap
 import os
 import pickle
 import struct
@@ -60,8 +61,8 @@ class _FileSpan:
 class TensorRef:
   """A tensor not yet read: `shape`, `dtype`, and where its elements live.
 
-  `read()` memory-maps just the bytes it needs and returns a fresh, C-contiguous array; the map is
-  closed before returning, so memory stays near one tensor at a time.
+  `read()` reads just the bytes it needs into a fresh, C-contiguous, 64-byte aligned array
+  (see `empty_aligned`), so memory stays near one tensor at a time.
   """
   name: str
   shape: tuple[int, ...]
@@ -76,37 +77,87 @@ class TensorRef:
     return int(np.prod(self.shape, dtype=np.int64)) * np.dtype(self.dtype).itemsize
 
   def read(self) -> np.ndarray:
+    if self.span is not None:
+      # Also before a loader (a compressed torch member): as_strided does no bounds checks.
+      self._check_extent()
     if self.loader is not None:
       arr = self.loader()
       if arr.shape != self.shape:
         raise CheckpointError(f"tensor {self.name!r}: stored shape {arr.shape} != {self.shape}")
-      return np.ascontiguousarray(arr)
-    itemsize = np.dtype(self.dtype).itemsize
-    strides = self.strides_elems or _contiguous_strides(self.shape)
+      # np.array, not np.ascontiguousarray: the latter turns a 0-d array into shape (1,).
+      return np.array(arr, order="C", copy=True)
     numel = int(np.prod(self.shape, dtype=np.int64))
     if numel == 0:
       return np.zeros(self.shape, self.dtype)
-    extent = 1 + sum((s - 1) * st for s, st in zip(self.shape, strides) if s > 0)
-    if self.offset_elems < 0 or (self.offset_elems + extent) * itemsize > self.span.nbytes:
-      raise CheckpointError(
-          f"tensor {self.name!r} (shape {self.shape}, offset {self.offset_elems}) reaches past the "
-          f"end of its storage ({self.span.nbytes} bytes): the checkpoint is corrupted")
+    itemsize = np.dtype(self.dtype).itemsize
+    strides = self.strides_elems or _contiguous_strides(self.shape)
     file_size = self.span.path.stat().st_size
     if self.span.offset + self.span.nbytes > file_size:
       raise CheckpointError(
           f"tensor {self.name!r}: its bytes end at {self.span.offset + self.span.nbytes} but "
           f"{self.span.path} has {file_size} bytes: the checkpoint is truncated")
-    mm = np.memmap(self.span.path, dtype=np.uint8, mode="r", offset=self.span.offset,
-                   shape=(self.span.nbytes,))
-    try:
-      flat = mm.view(self.dtype)
-      view = np.lib.stride_tricks.as_strided(
-          flat[self.offset_elems:], shape=self.shape,
-          strides=tuple(st * itemsize for st in strides), writeable=False)
-      out = np.array(view, order="C", copy=True)
-    finally:
-      del mm
+    start = self.span.offset + self.offset_elems * itemsize
+    if strides == _contiguous_strides(self.shape):
+      # Read straight into the result: one copy of the tensor in memory, none in the page
+      # tables (a memory map would add the mapped file pages to this process's RSS).
+      out = empty_aligned(self.shape, self.dtype)
+      _read_into(self.span.path, start, out, self.name)
+      return out
+    extent = self._check_extent()
+    flat = empty_aligned((extent,), self.dtype)
+    _read_into(self.span.path, start, flat, self.name)
+    view = np.lib.stride_tricks.as_strided(
+        flat, shape=self.shape, strides=tuple(st * itemsize for st in strides), writeable=False)
+    out = empty_aligned(self.shape, self.dtype)
+    np.copyto(out, view)
     return out
+
+  def _check_extent(self) -> int:
+    """The elements addressed by shape/offset/strides must lie inside the storage; returns how
+    many elements from the offset on they span."""
+    if int(np.prod(self.shape, dtype=np.int64)) == 0:
+      return 0
+    itemsize = np.dtype(self.dtype).itemsize
+    strides = self.strides_elems or _contiguous_strides(self.shape)
+    extent = 1 + sum((s - 1) * st for s, st in zip(self.shape, strides) if s > 0)
+    if self.offset_elems < 0 or (self.offset_elems + extent) * itemsize > self.span.nbytes:
+      raise CheckpointError(
+          f"tensor {self.name!r} (shape {self.shape}, offset {self.offset_elems}) reaches past the "
+          f"end of its storage ({self.span.nbytes} bytes): the checkpoint is corrupted")
+    return extent
+
+
+_MMAP_MIN_BYTES = 1 << 20
+
+
+def empty_aligned(shape: tuple[int, ...], dtype) -> np.ndarray:
+  """An uninitialised C-contiguous array whose data is 64-byte aligned.
+
+  Large ones get their own anonymous memory map, so freeing them returns the memory to the OS
+  at once (no heap fragmentation across many tensors of different sizes)."""
+  dtype = np.dtype(dtype)
+  shape = tuple(int(s) for s in shape)
+  count = int(np.prod(shape, dtype=np.int64))
+  nbytes = count * dtype.itemsize
+  if nbytes >= _MMAP_MIN_BYTES:
+    return np.frombuffer(mmap.mmap(-1, nbytes), dtype=dtype, count=count).reshape(shape)
+  buf = np.empty(nbytes + 64, np.uint8)
+  start = (-buf.ctypes.data) % 64
+  return buf[start:start + nbytes].view(dtype).reshape(shape)
+
+
+def _read_into(path: Path, offset: int, out: np.ndarray, name: str) -> None:
+  """Fills the C-contiguous `out` with the bytes of `path` from `offset` on."""
+  view = memoryview(out.reshape(-1).view(np.uint8))
+  with open(path, "rb", buffering=0) as f:
+    f.seek(offset)
+    done = 0
+    while done < len(view):
+      n = f.readinto(view[done:])
+      if not n:
+        raise CheckpointError(f"tensor {name!r}: {path} ended after {offset + done} bytes: the "
+                              "checkpoint is truncated")
+      done += n
 
 
 def _contiguous_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -159,8 +210,9 @@ def _rebuild_tensor(storage: _StorageRef, storage_offset, size, stride, *unused)
   if storage.loader is not None:
     raw_loader = storage.loader
 
-    def loader(dtype=storage.dtype, off=int(storage_offset)):
-      flat = np.frombuffer(raw_loader(), dtype=dtype)
+    def loader(dtype=storage.dtype, off=int(storage_offset),
+               count=storage.span.nbytes // np.dtype(storage.dtype).itemsize):
+      flat = np.frombuffer(raw_loader(), dtype=dtype, count=count)
       return np.lib.stride_tricks.as_strided(
           flat[off:], shape=size, strides=tuple(s * flat.itemsize for s in stride))
   return TensorRef(name=f"storage {storage.key}", shape=size, dtype=np.dtype(storage.dtype),
@@ -285,10 +337,15 @@ def _zip_member_span(path: Path, zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> 
   return _FileSpan(path, info.header_offset + 30 + name_len + extra_len, info.file_size)
 
 
+# What zipfile raises on corrupted archives (bad central directory, bad local header, CRC).
+_ZIP_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError,
+               struct.error, NotImplementedError, KeyError)
+
+
 def _read_torch_zip(path: Path) -> Checkpoint:
   try:
     zf = zipfile.ZipFile(path)
-  except zipfile.BadZipFile as e:
+  except _ZIP_ERRORS as e:
     raise CheckpointError(
         f"{path} is not a readable torch zip archive ({e}); it may be truncated, or saved in the "
         "legacy pre-1.6 format (re-save it with torch.save from torch>=1.6)") from e
@@ -299,7 +356,11 @@ def _read_torch_zip(path: Path) -> Checkpoint:
       raise CheckpointError(f"{path}: expected one data.pkl in the archive, found {len(pkl)}")
     prefix = pkl[0][: -len("data.pkl")]
     byteorder = prefix + "byteorder"
-    if byteorder in names and zf.read(byteorder).strip() not in (b"little", b""):
+    try:
+      order = zf.read(byteorder).strip() if byteorder in names else b"little"
+    except _ZIP_ERRORS as e:
+      raise CheckpointError(f"{path}: cannot read {byteorder} ({e}): the file is corrupted") from e
+    if order not in (b"little", b""):
       raise CheckpointError(f"{path}: big-endian checkpoints are not supported")
     infos = {i.filename: i for i in zf.infolist()}
 
@@ -319,7 +380,7 @@ def _read_torch_zip(path: Path) -> Checkpoint:
 
     try:
       data = zf.read(pkl[0])
-    except (zipfile.BadZipFile, OSError, EOFError) as e:
+    except _ZIP_ERRORS as e:
       raise CheckpointError(f"{path}: cannot read data.pkl ({e}): the file is corrupted") from e
     try:
       root = _RestrictedUnpickler(io.BytesIO(data), resolve).load()
@@ -331,8 +392,11 @@ def _read_torch_zip(path: Path) -> Checkpoint:
 
 
 def _read_member(path: Path, member: str) -> bytes:
-  with zipfile.ZipFile(path) as zf:
-    return zf.read(member)
+  try:
+    with zipfile.ZipFile(path) as zf:
+      return zf.read(member)
+  except _ZIP_ERRORS as e:
+    raise CheckpointError(f"{path}: cannot read {member} ({e}): the file is corrupted") from e
 
 
 def _read_safetensors(path: Path) -> Checkpoint:
@@ -346,23 +410,37 @@ def _read_safetensors(path: Path) -> Checkpoint:
       raise CheckpointError(f"{path}: safetensors header length {n} is corrupt or truncated")
     try:
       header = json.loads(f.read(n))
-    except json.JSONDecodeError as e:
+    except ValueError as e:  # JSONDecodeError, and UnicodeDecodeError for non-UTF-8 bytes
       raise CheckpointError(f"{path}: safetensors header is not valid JSON ({e})") from e
+  if not isinstance(header, dict):
+    raise CheckpointError(f"{path}: safetensors header is a {type(header).__name__}, not a dict")
   base = 8 + n
-  tensors, meta = {}, header.pop("__metadata__", None) or {}
+  meta = header.pop("__metadata__", None) or {}
+  tensors = {}
   for name, spec in header.items():
-    dtype = _SAFETENSORS_DTYPES.get(spec.get("dtype"))
-    if dtype is None:
-      raise CheckpointError(f"{path}: tensor {name!r} has unsupported dtype {spec.get('dtype')!r}")
-    start, end = (int(x) for x in spec["data_offsets"])
-    shape = tuple(int(s) for s in spec["shape"])
+    try:
+      dtype = _SAFETENSORS_DTYPES.get(spec.get("dtype"))
+      if dtype is None:
+        raise CheckpointError(f"unsupported dtype {spec.get('dtype')!r}")
+      start, end = (int(x) for x in spec["data_offsets"])
+      shape = tuple(int(s) for s in spec["shape"])
+    except CheckpointError as e:
+      raise CheckpointError(f"{path}: tensor {name!r}: {e}") from e
+    except (AttributeError, KeyError, TypeError, ValueError) as e:
+      raise CheckpointError(f"{path}: malformed safetensors entry for {name!r}: {spec!r:.200} "
+                            f"({type(e).__name__}: {e})") from e
+    if any(s < 0 for s in shape):
+      raise CheckpointError(f"{path}: tensor {name!r} has a negative dimension {shape}")
     expect = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
     if end - start != expect or start < 0:
       raise CheckpointError(f"{path}: tensor {name!r} spans {end - start} bytes, expected {expect}")
+    if base + end > size:
+      raise CheckpointError(f"{path}: tensor {name!r} ends at byte {base + end} but the file has "
+                            f"{size}: the file is truncated")
     tensors[name] = TensorRef(name=name, shape=shape, dtype=np.dtype(dtype),
                               span=_FileSpan(path, base + start, end - start))
   root = {"model": tensors}
-  if "cfg" in meta:
+  if isinstance(meta, dict) and isinstance(meta.get("cfg"), str):
     try:
       root["cfg"] = json.loads(meta["cfg"])
     except json.JSONDecodeError:
@@ -377,15 +455,21 @@ def _read_npz(path: Path) -> Checkpoint:
       shapes = {}
       for k in names:
         shapes[k] = _npz_member_header(path, k)
-  except (zipfile.BadZipFile, ValueError, OSError, EOFError) as e:
-    raise CheckpointError(f"{path}: not a readable .npz ({e})") from e
+  except _ZIP_ERRORS as e:  # incl. KeyError: a member that is not a .npy
+    raise CheckpointError(f"{path}: not a readable .npz ({type(e).__name__}: {e})") from e
+  for k, (_, dtype) in shapes.items():
+    if dtype.hasobject:
+      raise CheckpointError(f"{path}: member {k!r} is an object array (pickled data); refusing it")
   tensors = {}
   for k in names:
     shape, dtype = shapes[k]
 
     def loader(k=k):
-      with np.load(path, allow_pickle=False) as z:
-        return z[k]
+      try:
+        with np.load(path, allow_pickle=False) as z:
+          return z[k]
+      except _ZIP_ERRORS as e:
+        raise CheckpointError(f"{path}: cannot read {k!r} ({type(e).__name__}: {e})") from e
     tensors[k] = TensorRef(name=k, shape=shape, dtype=dtype, loader=loader)
   return Checkpoint(path=path, root={"model": tensors}, format="npz")
 
