@@ -28,18 +28,21 @@ class Transform:
   """A layout change from a torch tensor to a Flax parameter.
 
   `fn` maps the torch array to the Flax array; `shape_fn` maps the torch shape to the Flax shape
-  without touching data (so plans are checked before reading)."""
+  without touching data (so plans are checked before reading); `inverse` maps a Flax array back
+  to the torch layout (for export)."""
   name: str
   fn: Callable[[np.ndarray], np.ndarray]
   shape_fn: Callable[[tuple[int, ...]], tuple[int, ...]]
+  inverse: Callable[[np.ndarray], np.ndarray]
 
 
-IDENTITY = Transform("identity", lambda x: x, lambda s: tuple(s))
+IDENTITY = Transform("identity", lambda x: x, lambda s: tuple(s), lambda x: x)
 # nn.Linear weight [out, in] -> kernel [in, out].
-LINEAR = Transform("linear_t", lambda x: x.T, lambda s: (s[1], s[0]))
+LINEAR = Transform("linear_t", lambda x: x.T, lambda s: (s[1], s[0]), lambda x: x.T)
 # nn.Conv2d weight [O, I, kh, kw] -> kernel [kh, kw, I, O].
 CONV_OIHW_TO_HWIO = Transform("conv_oihw_to_hwio", lambda x: x.transpose(2, 3, 1, 0),
-                              lambda s: (s[2], s[3], s[1], s[0]))
+                              lambda s: (s[2], s[3], s[1], s[0]),
+                              lambda x: x.transpose(3, 2, 0, 1))
 
 
 def fused_qkv(n_head: int) -> Transform:
@@ -49,7 +52,8 @@ def fused_qkv(n_head: int) -> Transform:
       raise MappingError(f"fused qkv weight {s} does not split into 3 x {n_head} heads")
     return (s[1], 3, n_head, s[0] // (3 * n_head))
   return Transform(f"fused_qkv_split(heads={n_head})",
-                   lambda x: x.T.reshape(shape_fn(x.shape)), shape_fn)
+                   lambda x: x.T.reshape(shape_fn(x.shape)), shape_fn,
+                   lambda k: k.reshape(k.shape[0], -1).T)
 
 
 def attn_out(n_head: int) -> Transform:
@@ -57,7 +61,8 @@ def attn_out(n_head: int) -> Transform:
   def shape_fn(s):
     return (n_head, s[1] // n_head, s[0])
   return Transform(f"attn_out_split(heads={n_head})",
-                   lambda x: x.T.reshape(shape_fn(x.shape)), shape_fn)
+                   lambda x: x.T.reshape(shape_fn(x.shape)), shape_fn,
+                   lambda k: k.reshape(-1, k.shape[-1]).T)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -25,7 +25,7 @@ def smoke_forward(system: str, model) -> dict:
     positions = jnp.arange(t, dtype=jnp.int32)[None]
     logits = np.asarray(model(tokens, positions), np.float32)
     return {"input_tokens": tokens[0].tolist(), "logits_shape": list(logits.shape),
-            "last_logits_head": logits[0, -1, :5].round(5).tolist(),
+            "last_logits_head": [round(float(v), 5) for v in logits[0, -1, :5]],
             "argmax_next_token": int(logits[0, -1].argmax()),
             "finite": bool(np.isfinite(logits).all())}
   if system == "lpq":
