@@ -291,6 +291,23 @@ def build_prompt(rgb_codes: np.ndarray, flow_codes: np.ndarray, unmask_indices: 
       num_seq_patches=int(num_seq_patches), tokens_per_patch=t)
 
 
+def with_frame0_of(p: Prompt, other: Prompt) -> Prompt:
+  """`p` with the frame-0 patch order of `other` (a prompt of the same image).
+
+  Runs that share frame 0's order share the whole [frame 0 | camera] prefix, which is then
+  prefilled once for all of them; everything after it (flow order, revealed patches) stays p's.
+  """
+  n = p.flow_start
+  if p.im0_seq.shape != other.im0_seq.shape or not np.array_equal(
+      np.sort(p.im0_seq, axis=0), np.sort(other.im0_seq, axis=0)) or not np.array_equal(
+          p.campose_seq, other.campose_seq):
+    raise ValueError("with_frame0_of needs two prompts of the same image and camera")
+  seq, pos = p.seq.copy(), p.pos.copy()
+  seq[:n], pos[:n] = other.seq[:n], other.pos[:n]
+  return dataclasses.replace(p, im0_seq=other.im0_seq, im0_pos=other.im0_pos,
+                             perm_im0=other.perm_im0, seq=seq, pos=pos)
+
+
 # ---- Sequential phase -------------------------------------------------------------------------
 
 @dataclasses.dataclass(frozen=True)
