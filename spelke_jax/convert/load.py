@@ -66,3 +66,17 @@ def load_converted(path: str | os.PathLike, *, mesh: Mesh | None = None,
       node = node[str(p)]
     var.set_value(node)
   return nnx.merge(graphdef, state)
+
+
+def load_torch(src: str | os.PathLike, system: str, *, config: Mapping[str, Any] | None = None,
+               mesh: Mesh | None = None, rules: str | Mapping[str, Any] = "dp",
+               **load_overrides) -> nnx.Module:
+  """Converts a PyTorch checkpoint into a temporary Orbax checkpoint and loads it: one call
+  from an original `.pt` to a model (the parity tools use it). `config` (original names)
+  overrides the checkpoint's saved `cfg`; `load_overrides` change the loaded config (dtypes)."""
+  import tempfile  # pylint: disable=g-import-not-at-top
+  from spelke_jax.convert.convert import convert_checkpoint  # pylint: disable=g-import-not-at-top
+  with tempfile.TemporaryDirectory(prefix="spelke_jax_convert_") as tmp:
+    path = convert_checkpoint(src, Path(tmp) / "model", system, config_overrides=config,
+                              progress=False)
+    return load_converted(path, mesh=mesh, rules=rules, **load_overrides)

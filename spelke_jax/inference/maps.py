@@ -140,11 +140,16 @@ def prob_no_motion(step0_logits: jax.Array, revealed: jax.Array | None, config: 
   Softmax over the flow range (in float32 from the given values; pass bf16 logits' values for
   the bf16 chain with bf16=True), summed over `no_motion_codes` (relative flow codes).
   """
-  start, _ = _flow_range(config)
+  start, end = _flow_range(config)
   x = jnp.asarray(step0_logits)
   cols = jnp.asarray(np.asarray(no_motion_codes, np.int32) + start)
   l_codes = jnp.take(x, cols, axis=-1).astype(jnp.float32)
-  return prob_no_motion_from_lse(l_codes, flow_lse(x, config), revealed, bf16=bf16)
+  # Shift by the row max (as torch's softmax does) so exp(l - lse) does not lose the float32
+  # precision of a large lse: p near 1 would otherwise be off by ~|lse| * 2^-24.
+  m = jax.lax.stop_gradient(jnp.max(x[..., start:end].astype(jnp.float32), axis=-1))
+  m = jnp.where(jnp.isfinite(m), m, 0.0)
+  lse = jax.nn.logsumexp(x[..., start:end].astype(jnp.float32) - m[..., None], axis=-1)
+  return prob_no_motion_from_lse(l_codes - m[..., None], lse, revealed, bf16=bf16)
 
 
 def motion_affordance(prob_no_motion_map: jax.Array) -> jax.Array:

@@ -2,52 +2,29 @@
 unit tests of the library API."""
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import numpy as np
 import pytest
 
 from spelke_jax.inference import camera
 from spelke_jax.inference import prompt as P
 from spelke_jax.models.lras_config import LRASConfig, lras_tiny
-from spelke_jax.parity import load_pack, run_pack
-from spelke_jax.parity.pack import default_fixtures_dir
+from spelke_jax.parity import load_pack
+from spelke_jax.parity.pack import default_fixtures_dir, find_packs
+from tests.fixture_packs import assert_pack_passes, pack_params
 
 SYSTEM = "lras_sequence"
 
 
-def _sequence_packs() -> list[Path]:
-  root = default_fixtures_dir()
-  if not root.is_dir():
-    return []
-  packs = []
-  for manifest in sorted(root.glob("*/manifest.json")):
-    try:
-      if json.loads(manifest.read_text()).get("system") == SYSTEM:
-        packs.append(manifest.parent)
-    except (OSError, json.JSONDecodeError):
-      continue
-  return packs
-
-
 def _public_pack():
-  packs = _sequence_packs()
+  packs = find_packs(SYSTEM)
   if not packs:
     pytest.skip(f"no '{SYSTEM}' fixture pack under {default_fixtures_dir()}")
   return load_pack(packs[0])
 
 
-@pytest.mark.parametrize("pack_dir", _sequence_packs() or [None],
-                         ids=lambda p: p.name if p else "none")
-def test_parity(pack_dir):
-  if pack_dir is None:
-    pytest.skip(f"no '{SYSTEM}' fixture pack under {default_fixtures_dir()} "
-                "(set $SPELKE_FIXTURES)")
-  results = run_pack(load_pack(pack_dir))
-  assert results, "the pack lists no outputs"
-  failed = [c.line() for c in results if not c.ok]
-  assert not failed, "parity failures:\n" + "\n".join(failed)
+@pytest.mark.parametrize("pack", pack_params(SYSTEM))
+def test_parity(pack):
+  assert_pack_passes(pack)
 
 
 def _random_codes(rng, cfg, side=64):

@@ -1,8 +1,6 @@
 """LPQ tokenizers: fixture parity, LFQ bit order, shapes at released sizes, checkpoint mapping."""
 from __future__ import annotations
 
-import json
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -13,37 +11,13 @@ from spelke_jax.convert import lpq_mapping
 from spelke_jax.convert.mapping import CONV_OIHW_TO_HWIO, LINEAR, MappingError, plan
 from spelke_jax.models import lpq
 from spelke_jax.models.lpq_config import LPQConfig, lpq_flow, lpq_rgb
-from spelke_jax.parity import load_pack, run_pack
-from spelke_jax.parity.lpq import flax_shapes, load_lpq_from_torch
-from spelke_jax.parity.pack import default_fixtures_dir
+from spelke_jax.convert.load import load_torch
+from spelke_jax.convert.mapping import flat_shapes
+from tests.fixture_packs import assert_pack_passes, pack_params
 
-LPQ_SYSTEMS = ("lpq_rgb", "lpq_flow")
-
-
-def _lpq_packs():
-  root = default_fixtures_dir()
-  if not root.is_dir():
-    return []
-  packs = []
-  for d in sorted(root.iterdir()):
-    m = d / "manifest.json"
-    if m.is_file() and json.loads(m.read_text()).get("system") in LPQ_SYSTEMS:
-      packs.append(d)
-  return packs
-
-
-PACKS = _lpq_packs()
-
-
-@pytest.mark.parametrize("pack_dir", PACKS or [None], ids=lambda d: d.name if d else "none")
-def test_fixture_parity(pack_dir):
-  if pack_dir is None:
-    pytest.skip(f"no lpq_rgb / lpq_flow fixture packs under {default_fixtures_dir()} "
-                "(set SPELKE_FIXTURES)")
-  results = run_pack(load_pack(pack_dir))
-  bad = [c.line() for c in results if not c.ok]
-  print("\n".join(c.line() for c in results))
-  assert not bad, f"{pack_dir.name}: failing outputs:\n" + "\n".join(bad)
+@pytest.mark.parametrize("pack", pack_params("lpq_rgb", "lpq_flow"))
+def test_fixture_parity(pack):
+  assert_pack_passes(pack)
 
 
 def _tiny(kind="rgb", **kw) -> LPQConfig:
@@ -96,7 +70,7 @@ def test_released_shapes_nonsquare():
     assert feats.shape == (2, 24, 40, 512)
     out = jax.eval_shape(lambda s, i: nnx.merge(graphdef, s).decode(i), state, idx)
     assert out.shape == (2, 96, 160, c_in) and out.dtype == jnp.float32
-    n = sum(int(np.prod(s)) for s in flax_shapes(state).values())
+    n = sum(int(np.prod(s)) for s in flat_shapes(nnx.to_pure_dict(state)).values())
     assert n == {"rgb": 39_743_891, "flow": 39_733_521}[cfg.kind]  # the original's counts
 
 
@@ -137,7 +111,7 @@ def _torch_state(model: lpq.LPQ) -> dict[str, np.ndarray]:
                          ids=["tiny_rgb", "tiny_flow", "rgb_quantizer", "flow_quantizer"])
 def test_mapping_reports_missing_key(cfg):
   table = lpq_mapping.table(cfg)
-  fshapes = flax_shapes(nnx.split(lpq.abstract(cfg))[1])
+  fshapes = flat_shapes(nnx.to_pure_dict(nnx.split(lpq.abstract(cfg))[1]))
   by_path = {e.flax_path: e for e in table.entries}
   tshapes = {e.torch_name: _torch_shape(e, fshapes[e.flax_path]) for e in table.entries}
   tshapes["quantizer.mask"] = (cfg.codebook_bits,)
@@ -168,7 +142,7 @@ def test_load_round_trip_and_missing_key(tmp_path):
   state = _torch_state(model)
   path = tmp_path / "lpq.npz"
   np.savez(path, **state)
-  loaded = load_lpq_from_torch(path, cfg)
+  loaded = load_torch(path, "lpq", config=cfg.to_dict())
   x = jnp.asarray(np.random.default_rng(1).normal(size=(2, 16, 24, 2)), jnp.float32)
   np.testing.assert_array_equal(np.asarray(loaded.quantize(x)), np.asarray(model.quantize(x)))
   np.testing.assert_array_equal(np.asarray(loaded.decode(model.quantize(x))),
@@ -176,7 +150,7 @@ def test_load_round_trip_and_missing_key(tmp_path):
   del state["encoder.2.ln1.bias"]
   np.savez(path, **state)
   with pytest.raises(MappingError, match=r"missing in checkpoint: encoder\.2\.ln1\.bias"):
-    load_lpq_from_torch(path, cfg)
+    load_torch(path, "lpq", config=cfg.to_dict())
 
 
 def test_jit_matches_eager_and_user_api():
