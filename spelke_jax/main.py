@@ -28,6 +28,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 # config.mode -> "module:function(config, workdir)"; later issues add train, eval, poke, bench.
 MODES = {
     "convert": "spelke_jax.convert.run:run",
+    "spelkebench": "spelke_jax.evals.run_spelkebench:run",
 }
 
 

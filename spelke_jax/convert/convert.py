@@ -79,7 +79,8 @@ def convert_checkpoint(src: str | os.PathLike, out: str | os.PathLike, system: s
     done, t0 = 0, time.time()
     bar = _progress(len(steps), f"converting {Path(src).name}") if progress else None
     # Orbax deep-copies host arrays before writing by default; ours are never touched again.
-    context = ocp.Context(memory_options=ocp.options.MemoryOptions(deepcopy_host_arrays=False))
+    context = ocp.Context()
+    context.memory.deepcopy_host_arrays = False
     for i, step in enumerate(steps):
       leaf = leaves[step.flax_path]
       # The read array dies as soon as the transformed copy exists (no name holds it).

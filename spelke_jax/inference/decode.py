@@ -124,8 +124,11 @@ def _step0_summaries(logits: jax.Array, settings: DecodeSettings) -> dict[str, j
   out = {"table_logits": jnp.take(logits, jnp.asarray(settings.table_ids), axis=-1),
          "lse_flow": jax.nn.logsumexp(logits[..., lo:hi], axis=-1)}
   if settings.diagnostics:
-    top2 = jax.lax.top_k(logits, 2)[0]
-    out.update(lse_all=jax.nn.logsumexp(logits, axis=-1),
-               argmax_all=jnp.argmax(logits, axis=-1).astype(jnp.int32),
-               top2_gap=top2[..., 0] - top2[..., 1])
+    # max and runner-up by masking the argmax (lax.top_k sorts rows: ~50x slower on CPU).
+    best = jnp.argmax(logits, axis=-1)
+    top1 = jnp.max(logits, axis=-1)
+    hit = jnp.arange(logits.shape[-1]) == best[..., None]
+    top2 = jnp.max(jnp.where(hit, -jnp.inf, logits), axis=-1)
+    out.update(lse_all=jax.nn.logsumexp(logits, axis=-1), argmax_all=best.astype(jnp.int32),
+               top2_gap=top1 - top2)
   return out

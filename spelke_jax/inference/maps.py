@@ -120,6 +120,9 @@ def prob_no_motion_from_lse(l_codes: jax.Array, lse_flow: jax.Array, revealed: j
   """
   l_codes = jnp.asarray(l_codes, jnp.float32)
   lse_flow = jnp.asarray(lse_flow, jnp.float32)
+  if l_codes.ndim != 3 or lse_flow.shape != l_codes.shape[:2]:
+    raise ValueError(f"expected l_codes [B, G, n] and lse_flow [B, G], got {l_codes.shape} and "
+                     f"{lse_flow.shape}")
   p = jnp.exp(l_codes - lse_flow[..., None])
   if bf16:
     tot = round_bf16(jnp.sum(round_bf16(p), axis=-1))
@@ -142,6 +145,11 @@ def prob_no_motion(step0_logits: jax.Array, revealed: jax.Array | None, config: 
   """
   start, end = _flow_range(config)
   x = jnp.asarray(step0_logits)
+  if x.ndim != 3 or x.shape[-1] < end:
+    raise ValueError(f"step0_logits must be [B, G, V] covering the flow range [{start}, {end}), "
+                     f"got shape {x.shape}")
+  if min(no_motion_codes) < 0 or max(no_motion_codes) >= end - start:
+    raise ValueError(f"no-motion codes {tuple(no_motion_codes)} are outside the flow range")
   cols = jnp.asarray(np.asarray(no_motion_codes, np.int32) + start)
   l_codes = jnp.take(x, cols, axis=-1).astype(jnp.float32)
   # Shift by the row max (as torch's softmax does) so exp(l - lse) does not lose the float32
@@ -278,23 +286,32 @@ def load_flow_table(path: str | os.PathLike) -> FlowTable:
 
 
 def table_columns(logits: jax.Array, table: FlowTable, config: LRASConfig) -> jax.Array:
-  """[..., V] full-vocabulary logits -> [..., K] logits at the table's tokens (flow_range[0] + id)."""
-  start, _ = _flow_range(config)
-  cols = jnp.asarray(table.token_ids).astype(jnp.int32) + start
-  return jnp.take(jnp.asarray(logits), cols, axis=-1)
+  """[..., V] full-vocabulary logits -> [..., K] logits at the table's tokens
+  (columns flow_range[0] + token_id)."""
+  start, end = _flow_range(config)
+  logits = jnp.asarray(logits)
+  ids = table.token_ids
+  if isinstance(ids, np.ndarray) and (ids.max() >= end - start
+                                      or start + ids.max() >= logits.shape[-1]):
+    # jnp.take would clamp an out-of-range column silently.
+    raise ValueError(f"flow table code {ids.max()} is outside the flow range [{start}, {end}) of "
+                     f"logits with {logits.shape[-1]} columns")
+  cols = jnp.asarray(ids).astype(jnp.int32) + start
+  return jnp.take(logits, cols, axis=-1)
 
 
 # ---------------------------------------------------------------------------- expected displacement
 
 
 def expected_displacement(step0_logits: jax.Array, revealed: jax.Array | None, table: FlowTable,
-                          config: LRASConfig | None, *, bf16_parity: bool,
+                          config: LRASConfig | None = None, *, bf16_parity: bool,
                           scale: float = DISPLACEMENT_SCALE) -> jax.Array:
   """Expected flow under the step-0 token distribution (`compute_avg_flow_from_logits`).
 
   step0_logits: [B, G, V] full-vocabulary logits (V != K) or [B, G, K] logits at the table's
-  columns (`table_columns`). revealed: [B, G] bool or None. Rows filled from their nearest
-  neighour are `revealed | all-zero rows` (the original fills rows whose flow-range logits sum to
+  columns (`table_columns`; `config` is then unused; for full logits None means the released
+  flow range). revealed: [B, G] bool or None. Rows filled from their nearest
+  neighbour are `revealed | all-zero rows` (the original fills rows whose flow-range logits sum to
   0, i.e. the prompt patches; the copy reads the unfilled logits, so a neighbour that is itself
   empty gives a zero row = uniform softmax). Returns [B, side*s, side*s, 2] float32, the expected
   256-px flow of each sub-patch times `scale` (0.5: units of the 128-px map for s = 4).
@@ -320,8 +337,8 @@ def expected_displacement(step0_logits: jax.Array, revealed: jax.Array | None, t
   else:
     start, end = _flow_range(config)
     if x.shape[-1] < end:
-      raise ValueError(f"logits have {x.shape[-1]} columns: neither the table's {k} columns nor "
-                       f"a vocabulary covering the flow range [{start}, {end})")
+      raise ValueError(f"logits have {x.shape[-1]} columns: neither the table's {k} columns "
+                       f"nor a vocabulary covering the flow range [{start}, {end})")
     empty = jnp.sum(x[..., start:end].astype(jnp.float32), axis=-1) == 0
     cols = table_columns(x, table, config).astype(jnp.float32)
   fill = empty if revealed is None else (empty | jnp.asarray(revealed, bool))

@@ -260,13 +260,18 @@ class SpelkeNet:
         diag[name][i, ids] = o[name]
       seq = prompt.assemble_flow_sequence(q, o["rollout"], o["values"])
       codes[i] = prompt.unpack_sorted_codes(seq, cfg.patch_size, cfg.flow_range[0],
-                                            rgb_codes.shape)
+                                            (self.grid, self.grid))
     codes = np.clip(codes, 0, n_flow - 1)  # non-flow tokens only under full_vocab_decoding
 
     nm = [int(np.flatnonzero(self.table.token_ids == c)[0]) for c in NO_MOTION_FLOW_CODES]
     bf16 = self.config.dtype == "bfloat16"
+    # Only the poked patches count as certain no-motion; other rows without logits (sequential
+    # patches) get the softmax of zeros, as the original's zero rows do.
+    revealed = np.zeros((r_all, g), bool)
+    for i, q in enumerate(prompts):
+      revealed[i, q.unmask_indices] = True
     pnm = np.asarray(maps.prob_no_motion_from_lse(
-        jnp.asarray(table_logits[..., nm]), jnp.asarray(lse), jnp.asarray(~parallel), bf16=bf16))
+        jnp.asarray(table_logits[..., nm]), jnp.asarray(lse), jnp.asarray(revealed), bf16=bf16))
     if use_flow_pred:
       disp = np.asarray(self._decode_flow(self.flow_lpq, jnp.asarray(codes)), np.float32)
     else:

@@ -17,6 +17,7 @@ SYSTEMS: dict[str, str] = {
     "lpq_rgb": "spelke_jax.parity.lpq:run",
     "lpq_flow": "spelke_jax.parity.lpq:run",
     "lras_sequence": "spelke_jax.parity.lras_sequence:run",
+    "spelkenet_probe": "spelke_jax.parity.spelkenet_probe:run",
     "otsu": "spelke_jax.parity.otsu_metrics:run_otsu",
     "spelkebench_metrics": "spelke_jax.parity.otsu_metrics:run_metrics",
 }
