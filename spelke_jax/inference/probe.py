@@ -152,7 +152,12 @@ class SpelkeNet:
   """SpelkeNet inference from converted models: LRAS + rgb/flow LPQs + the flow-token table."""
 
   def __init__(self, lras_model, rgb_lpq, flow_lpq, flow_table: maps.FlowTable,
-               probe: ProbeConfig = ProbeConfig()):
+               probe: ProbeConfig = ProbeConfig(),
+               no_motion_codes: Sequence[int] = NO_MOTION_FLOW_CODES):
+    missing = [c for c in no_motion_codes if c not in set(np.asarray(flow_table.token_ids).tolist())]
+    if missing:
+      raise ValueError(f"no-motion flow codes {missing} are not in the flow table")
+    self.no_motion_codes = tuple(int(c) for c in no_motion_codes)
     self.lras = lras_model
     self.rgb_lpq = rgb_lpq
     self.flow_lpq = flow_lpq
@@ -263,7 +268,7 @@ class SpelkeNet:
                                             (self.grid, self.grid))
     codes = np.clip(codes, 0, n_flow - 1)  # non-flow tokens only under full_vocab_decoding
 
-    nm = [int(np.flatnonzero(self.table.token_ids == c)[0]) for c in NO_MOTION_FLOW_CODES]
+    nm = [self.table.index_of(c) for c in self.no_motion_codes]
     bf16 = self.config.dtype == "bfloat16"
     # Only the poked patches count as certain no-motion; other rows without logits (sequential
     # patches) get the softmax of zeros, as the original's zero rows do.

@@ -125,8 +125,8 @@ def absolute_boxes(crops: list[Crop], full_size: tuple[int, int]) -> list[np.nda
   ratios = [1.0] + [c.ratio for c in crops]
   out, offset, scale = [], np.zeros(2, np.float32), 1.0
   for i, box in enumerate(boxes):
-    if i > 0:
-      scale *= 1 / ratios[i]
+    if i > 0:  # box i is in the frame of crop i-1, which was scaled by ratios[i-1]
+      scale *= 1 / ratios[i - 1]
     b = box * np.float32(scale)
     b[[0, 2]] += offset[0]
     b[[1, 3]] += offset[1]

@@ -124,3 +124,27 @@ def lras_tiny(**kw) -> LRASConfig:
 
 
 PRESETS = {"1b": lras_1b, "7b": lras_7b, "3d_7b": lras3d_7b, "tiny": lras_tiny}
+
+
+def compact_layout(rgb_vocab: int, flow_vocab: int, num_patches: int = 1024,
+                   patch_size: int = PATCH_SIZE, campose_values: int = 4096) -> dict:
+  """Token and position ranges packed back to back for small codebooks (no frame-1 tokens).
+
+  For models trained here with small LPQ codebooks: rgb codes, frame-0 pointers, flow codes, flow
+  pointers, camera values (4096 covers every rotation of the identity-centred quantisation and
+  |t| < 4.1), camera index token. Positions: frame 0, flow, camera. Returns LRASConfig fields
+  including vocab_size and block_size."""
+  t = patch_size * patch_size + 1
+  edges = {}
+  at = 0
+  for name, size in (("rgb_range", rgb_vocab), ("rgb_patch_0_idx_range", num_patches),
+                     ("flow_range", flow_vocab), ("flow_patch_idx_range", num_patches),
+                     ("campose_range", campose_values), ("campose_patch_idx_range", 1)):
+    edges[name] = (at, at + size)
+    at += size
+  edges["rgb_patch_1_idx_range"] = (edges["rgb_patch_0_idx_range"][1],) * 2  # empty
+  frame = num_patches * t
+  edges.update(frame_0_rgb_pos_range=(0, frame), frame_1_rgb_pos_range=(frame, frame),
+               flow_pos_range=(frame, 2 * frame), campose_pos_range=(2 * frame, 2 * frame + 8),
+               vocab_size=at, block_size=2 * frame + 8, patch_size=patch_size)
+  return edges
