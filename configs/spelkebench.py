@@ -1,15 +1,21 @@
 """SpelkeBench: one segment per ground-truth probe point, then AR / mIoU as the original.
 
-Embedded default (a small procedural set shipped in assets/, the flood-fill baseline):
+Embedded default (a small procedural set and the small SpelkeNet shipped in assets/, the fast
+preset; runs on CPU in about a minute, no downloads):
     python -m spelke_jax.main --config=configs/spelkebench.py --workdir=out/spelkebench_demo
 
 Another registered model (`:NAME` picks it too, e.g. configs/spelkebench.py:whole_image):
     python -m spelke_jax.main --config=configs/spelkebench.py --config.model=whole_image \
         --workdir=out/spelkebench_whole_image
 
-The real benchmark (download it first, see README):
+The real benchmark with the converted SpelkeNet 1B (download and convert first, see README):
     python -m spelke_jax.main --config=configs/spelkebench.py \
-        --config.dataset_path=datasets/spelke_bench.h5 --workdir=out/spelkebench
+        --config.dataset_path=datasets/spelke_bench.h5 --config.preset=spelkenet_1b \
+        --config.lras_checkpoint=out/spelkenet_1b/model \
+        --config.rgb_checkpoint=out/rgb_quantizer/model \
+        --config.flow_checkpoint=out/flow_quantizer/model \
+        --config.flow_table=checkpoints/flow_token_to_flow_vector_mapping.pt \
+        --config.dtype=bfloat16 --workdir=out/spelkebench
 
 The workdir receives `predictions/<key>.h5` (segment_pred, segment_gt, probe_points, image;
 a killed run resumes and skips them), `metrics.json` (AR, mIoU, AP, per-image rows),
@@ -27,7 +33,7 @@ def get_config(arg=None):
   c = ml_collections.ConfigDict()
   c.mode = "spelkebench"
   c.dataset_path = str(ASSETS / "spelkebench_demo.h5")
-  c.model = arg or "floodfill"           # a name registered in spelke_jax.evals.models
+  c.model = arg or "spelkenet"           # a name registered in spelke_jax.evals.models
   c.img_names = ""                       # comma-separated subset of the dataset's keys; "" = all
   c.max_images = 0                       # first N keys in sorted order; 0 = all
   c.num_splits = 1                       # the original's run_inference_parallel.py split
@@ -38,16 +44,18 @@ def get_config(arg=None):
   # floodfill baseline
   c.floodfill_tolerance = 0.1            # max abs channel difference, [0,1] units
 
-  # spelkenet (converted checkpoints; '' = the preset's default location)
+  # spelkenet: converted dirs (convert mode) or original .pt files; '' = the embedded small model
   c.lras_checkpoint = ""
   c.rgb_checkpoint = ""
   c.flow_checkpoint = ""
   c.flow_table = ""                      # flow_token_to_flow_vector_mapping
-  c.preset = "spelkenet_1b"              # spelkenet_1b | spelkenet_7b | spelkenet_1b_fast
+  c.preset = "spelkenet_1b_fast"         # spelkenet_1b | spelkenet_7b | spelkenet_1b_fast
   c.num_zoom_iters = -1                  # -1 = the preset's value
   c.num_seq_patches = -1
   c.num_seeds = -1
   c.num_dirs = -1
   c.num_zoom_dirs = -1
   c.seed = 0
+  c.dtype = "float32"                    # transformer compute/param dtype (bfloat16 on GPU/TPU)
+  c.parity = False                       # every probing parity switch set to the original
   return c

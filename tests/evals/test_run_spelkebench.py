@@ -28,12 +28,16 @@ def _config(**overrides):
   mod = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(mod)
   c = mod.get_config()
+  c.model = "floodfill"  # fast; the default (embedded SpelkeNet) has its own test
   for k, v in overrides.items():
     c[k] = v
   return c
 
 
 def _main(workdir, *flags):
+  """The spelkebench command; the fast floodfill baseline unless a test picks the model."""
+  if not any(f.startswith("--config.model") for f in flags):
+    flags = flags + ("--config.model=floodfill",)
   return subprocess.run([sys.executable, "-m", "spelke_jax.main",
                          "--config=configs/spelkebench.py", f"--workdir={workdir}", *flags],
                         cwd=ROOT, capture_output=True, text=True, timeout=300)
@@ -46,6 +50,19 @@ def _metrics(workdir):
 
 
 # ---- the default command ------------------------------------------------------------------------
+
+def test_default_model_is_the_embedded_spelkenet(tmp_path):
+  out = subprocess.run([sys.executable, "-m", "spelke_jax.main", "--config=configs/spelkebench.py",
+                        f"--workdir={tmp_path}", "--config.max_images=1"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=600)
+  assert out.returncode == 0, out.stderr[-3000:]
+  m = json.loads((tmp_path / "metrics.json").read_text())
+  assert m["model"] == "spelkenet" and m["num_images"] == 1
+  assert 0 <= m["AR"] <= 1 and 0 <= m["mIoU"] <= 1
+  with h5py.File(next((tmp_path / "predictions").glob("*.h5")), "r") as f:
+    pred, gt = f["segment_pred"][()], f["segment_gt"][()]
+  assert pred.shape == gt.shape and pred.dtype == np.uint8 and set(np.unique(pred)) <= {0, 1}
+
 
 def test_default_command_on_demo_set(tmp_path):
   out = _main(tmp_path)
