@@ -28,7 +28,9 @@ flags.mark_flags_as_required(["config", "workdir"])
 # config.mode -> "module:function(config, workdir)"; later issues add train, eval, poke, bench.
 MODES = {
     "convert": "spelke_jax.convert.run:run",
+    "poke": "spelke_jax.inference.poke_mode:run",
     "spelkebench": "spelke_jax.evals.run_spelkebench:run",
+    "bench": "spelke_jax.bench:run",
 }
 
 

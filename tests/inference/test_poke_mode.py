@@ -1,0 +1,59 @@
+"""The poke mode end to end on the embedded model, and its input errors."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from spelke_jax.inference import poke_mode
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _poke(workdir, *flags):
+  return subprocess.run([sys.executable, "-m", "spelke_jax.main", "--config=configs/poke.py",
+                         f"--workdir={workdir}", *flags], cwd=ROOT, capture_output=True,
+                        text=True, timeout=600)
+
+
+def test_poke_mode_writes_pngs_and_arrays(tmp_path):
+  img = np.zeros((300, 400, 3), np.uint8)
+  img[:] = (40, 90, 160)
+  img[100:200, 150:260] = (230, 200, 30)
+  Image.fromarray(img).save(tmp_path / "photo.png")
+  out = _poke(tmp_path / "wd", f"--config.image={tmp_path / 'photo.png'}", "--config.point=200,150")
+  assert out.returncode == 0, out.stderr[-3000:]
+  wd = tmp_path / "wd"
+  for name in ("affordance.png", "displacement.png", "correlation.png", "segment.png"):
+    with Image.open(wd / name) as png:
+      assert png.size[0] >= 256 and png.size[1] == 256
+  with np.load(wd / "poke.npz") as z:
+    assert z["segment"].shape == (256, 256) and z["segment"].dtype == bool
+    assert z["affordance"].shape == (32, 32)
+    # 300x400 -> 256x341 -> centre crop: x 200 -> 200*341/400 - 42 = 128.5; y 150 -> 128.
+    np.testing.assert_allclose(z["point"], [200 * 341 / 400 - 42, 128], atol=0.01)
+  assert not list(wd.glob(".*tmp*"))
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--config.image=/nonexistent.png", "--config.point=1,1"], "image not found"),
+    (["--config.point=300,10"], "outside"),
+    (["--config.point=abc"], "X,Y"),
+])
+def test_poke_mode_bad_input(tmp_path, flags, message):
+  out = _poke(tmp_path / "wd", *flags)
+  assert out.returncode != 0 and message in out.stderr
+  assert not list((tmp_path / "wd").glob("*.png")) and not (tmp_path / "wd" / "poke.npz").exists()
+
+
+def test_load_image_requires_size_without_resize(tmp_path):
+  Image.fromarray(np.zeros((10, 20, 3), np.uint8)).save(tmp_path / "a.png")
+  with pytest.raises(ValueError, match="needs 256x256"):
+    poke_mode.load_image(str(tmp_path / "a.png"), 256, (1, 1), resize=False)
+  (tmp_path / "b.png").write_bytes(b"not an image")
+  with pytest.raises(ValueError, match="not a readable image"):
+    poke_mode.load_image(str(tmp_path / "b.png"), 256, (1, 1), resize=True)
