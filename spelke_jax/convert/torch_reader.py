@@ -235,6 +235,99 @@ def _codecs_encode(obj, encoding="latin1"):
   return obj.encode(encoding)
 
 
+# numpy arrays pickled inside a checkpoint (e.g. the flow-token table): rebuilt by these stand-ins
+# from their raw bytes; object and structured dtypes are refused (they would hold more pickles).
+_NUMPY_KINDS = "biufc?"
+
+
+class _NumpyDtype:
+  """Stand-in for numpy.dtype(name, align, copy) followed by BUILD(state)."""
+
+  def __init__(self, name, align=False, copy=False):
+    del align, copy
+    try:
+      dt = np.dtype(str(name))
+    except TypeError as e:
+      raise CheckpointError(f"unsupported numpy dtype {name!r} in checkpoint") from e
+    if dt.kind not in _NUMPY_KINDS or dt.fields is not None or dt.subdtype is not None:
+      raise CheckpointError(f"refusing numpy dtype {name!r}: only plain numeric arrays are loaded")
+    self.dtype = dt
+
+  def __setstate__(self, state):
+    if not isinstance(state, tuple) or len(state) < 2:
+      raise CheckpointError("malformed numpy dtype state in checkpoint")
+    if any(x is not None for x in state[2:5]):
+      raise CheckpointError("refusing a structured numpy dtype in checkpoint")
+    if state[1] in ("<", ">", "|", "="):
+      self.dtype = self.dtype.newbyteorder(state[1]) if state[1] != "|" else self.dtype
+
+
+class _NdarrayMarker:
+  """Stands for the class numpy.ndarray (only ever passed to _reconstruct)."""
+
+
+class _NumpyArray:
+  """Stand-in for numpy.core.multiarray._reconstruct(ndarray, ...) followed by BUILD(state)."""
+
+  def __init__(self, cls, *unused):
+    if cls is not _NdarrayMarker:
+      raise CheckpointError("numpy _reconstruct of a class other than ndarray")
+    self.array = None
+
+  def __setstate__(self, state):
+    if not isinstance(state, tuple) or len(state) != 5:
+      raise CheckpointError("malformed numpy array state in checkpoint")
+    _, shape, dtype, fortran, raw = state
+    if not isinstance(dtype, _NumpyDtype) or not isinstance(raw, (bytes, bytearray)):
+      raise CheckpointError("refusing a numpy array that is not plain numeric bytes")
+    shape = tuple(int(v) for v in shape)
+    need = int(np.prod(shape, dtype=np.int64)) * dtype.dtype.itemsize
+    if len(raw) != need:
+      raise CheckpointError(f"numpy array of shape {shape} holds {len(raw)} bytes, needs {need}")
+    arr = np.frombuffer(bytes(raw), dtype=dtype.dtype).reshape(shape, order="F" if fortran else "C")
+    self.array = np.ascontiguousarray(arr.astype(arr.dtype.newbyteorder("=")))
+
+
+def _numpy_scalar(dtype, raw=None):
+  if not isinstance(dtype, _NumpyDtype) or not isinstance(raw, (bytes, bytearray)):
+    raise CheckpointError("malformed numpy scalar in checkpoint")
+  if len(raw) != dtype.dtype.itemsize:
+    raise CheckpointError("numpy scalar with the wrong number of bytes")
+  return np.frombuffer(bytes(raw), dtype=dtype.dtype)[0]
+
+
+def _numpy_globals() -> dict[tuple[str, str], Any]:
+  out: dict[tuple[str, str], Any] = {("numpy", "ndarray"): _NdarrayMarker,
+                                     ("numpy", "dtype"): _NumpyDtype}
+  for mod in ("numpy.core.multiarray", "numpy._core.multiarray"):
+    out[(mod, "_reconstruct")] = _NumpyArray
+    out[(mod, "scalar")] = _numpy_scalar
+  return out
+
+
+def _resolve_numpy(obj, path: str = ""):
+  """Replaces _NumpyArray stand-ins by TensorRefs over their arrays (recursively)."""
+  if isinstance(obj, _NumpyArray):
+    if obj.array is None:
+      raise CheckpointError(f"numpy array at {path or 'top level'} has no data")
+    arr = obj.array
+    return TensorRef(name=path, shape=arr.shape, dtype=arr.dtype, loader=lambda a=arr: a)
+  if isinstance(obj, (_NumpyDtype, _NdarrayMarker)):
+    raise CheckpointError(f"stray numpy object at {path or 'top level'} in checkpoint")
+  if isinstance(obj, dict):
+    for k in list(obj):
+      obj[k] = _resolve_numpy(obj[k], f"{path}/{k}")
+    return obj
+  if isinstance(obj, list):
+    return [_resolve_numpy(v, f"{path}/{i}") for i, v in enumerate(obj)]
+  if isinstance(obj, tuple):
+    return tuple(_resolve_numpy(v, f"{path}/{i}") for i, v in enumerate(obj))
+  return obj
+
+
+_NUMPY = _numpy_globals()
+
+
 class _RestrictedUnpickler(pickle.Unpickler):
   """Resolves only allow-listed globals, each to our own function; refuses everything else."""
 
@@ -252,6 +345,8 @@ class _RestrictedUnpickler(pickle.Unpickler):
   def find_class(self, module: str, name: str):
     if (module, name) in self._ALLOWED:
       return self._ALLOWED[(module, name)]
+    if (module, name) in _NUMPY:
+      return _NUMPY[(module, name)]
     if module == "torch" and name in _STORAGE_DTYPES:
       return _STORAGE_DTYPES[name]
     if module == "argparse" and name == "Namespace":
@@ -383,7 +478,7 @@ def _read_torch_zip(path: Path) -> Checkpoint:
     except _ZIP_ERRORS as e:
       raise CheckpointError(f"{path}: cannot read data.pkl ({e}): the file is corrupted") from e
     try:
-      root = _RestrictedUnpickler(io.BytesIO(data), resolve).load()
+      root = _resolve_numpy(_RestrictedUnpickler(io.BytesIO(data), resolve).load())
     except CheckpointError:
       raise
     except Exception as e:  # malformed pickle streams raise many kinds of errors

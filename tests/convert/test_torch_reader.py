@@ -643,3 +643,33 @@ def test_npz_refuses_pickled_and_broken_members(tmp_path):
     zf.writestr("notes.txt", b"hello")
   with pytest.raises(CheckpointError):
     _read_all(other)
+
+
+# ---- numpy arrays inside a torch zip (e.g. the flow-token table) ----
+
+def _zip_with_plain_pickle(path, obj):
+  import pickle as _pickle  # pylint: disable=g-import-not-at-top
+  return tf.write_zip_checkpoint(path, _pickle.dumps(obj, protocol=2))
+
+
+def test_numpy_arrays_in_pickle_are_rebuilt_without_numpy_code(tmp_path):
+  table = {11646: np.zeros((4, 4, 2), np.float32), 7: np.arange(32, dtype=np.float64).reshape(4, 4, 2),
+           3: np.asfortranarray(np.arange(6, dtype=">i4").reshape(2, 3))}
+  path = _zip_with_plain_pickle(tmp_path / "table.pt", {**table, "s": np.float32(2.5)})
+  root = load_checkpoint(path).root
+  assert list(root)[:3] == [11646, 7, 3]
+  for k, v in table.items():
+    got = root[k].read()
+    np.testing.assert_array_equal(got, v)
+    assert got.dtype == v.dtype.newbyteorder("=")
+  assert root["s"] == np.float32(2.5)
+  from spelke_jax.inference.maps import load_flow_table  # pylint: disable=g-import-not-at-top
+  tab = load_flow_table(_zip_with_plain_pickle(tmp_path / "t2.pt", {1: table[7].astype(np.float32),
+                                                                    5: table[11646]}))
+  np.testing.assert_array_equal(tab.token_ids, [1, 5])
+
+
+def test_numpy_object_arrays_are_refused(tmp_path):
+  path = _zip_with_plain_pickle(tmp_path / "obj.pt", {"a": np.array([{"x": 1}], dtype=object)})
+  with pytest.raises(CheckpointError, match="dtype"):
+    load_checkpoint(path)
