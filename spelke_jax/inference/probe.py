@@ -226,8 +226,11 @@ class SpelkeNet:
 
   def stage(self, image01: np.ndarray, runs: list[Run], *, num_seq: int = 0,
             use_flow_pred: bool = False, key: jax.Array | None = None,
-            diagnostics: bool = False, rgb_codes: np.ndarray | None = None) -> StageResult:
-    """All runs as one batched completion, then maps, dot products, mean and Otsu."""
+            diagnostics: bool = False, rgb_codes: np.ndarray | None = None,
+            sampling_config: sampling.SamplingConfig | None = None) -> StageResult:
+    """All runs as one batched completion, then maps, dot products, mean and Otsu.
+
+    sampling_config overrides the probe config's temperature / top-k / top-p."""
     p = self.probe
     cfg = self.config
     if rgb_codes is None:
@@ -241,7 +244,7 @@ class SpelkeNet:
       prompts = [prompt.with_frame0_of(q, prompts[0]) for q in prompts]
     keys = (jax.random.split(key, len(runs)) if key is not None
             else sampling.row_keys(0, len(runs)))
-    out = self._decode_groups(prompts, keys, diagnostics)
+    out = self._decode_groups(prompts, keys, diagnostics, sampling_config)
 
     g = self.grid * self.grid
     k = len(self.table.token_ids)
@@ -335,6 +338,27 @@ class SpelkeNet:
     return self.stage(image01, runs, num_seq=num_seq, use_flow_pred=use_flow_pred, key=k_run,
                       **stage_kw)
 
+  def sequential_displacement(self, image: np.ndarray, pokes: np.ndarray, *,
+                              num_seq_patches: int = 32, num_seeds: int = 8,
+                              key: jax.Array | None = None,
+                              sampling_config: sampling.SamplingConfig = sampling.SamplingConfig(
+                                  1.0, 1000, 0.9)) -> np.ndarray:
+    """Expected displacement from sequential decoding (Expected_Displacement notebook): the
+    decoded flow [S, S, 2] px averaged over `num_seeds` completions of the same pokes [n, 4]
+    (x1, y1, x2, y2; the camera-fixing corners are added), each sampling `num_seq_patches`
+    patches with the predictor's defaults (temperature 1, top-k 1000, top-p 0.9)."""
+    image01 = self.check_image(image)
+    pokes = np.asarray(pokes, np.float64).reshape(-1, 4)
+    for x1, y1, _, _ in pokes:
+      self.check_point((x1, y1))
+    cond = np.concatenate([prompt.CAMERA_FIXING_POKES, pokes])
+    direction = (pokes[-1, 2:] - pokes[-1, :2]).astype(np.float32)
+    runs = [Run(cond, direction, seed) for seed in range(num_seeds)]
+    res = self.stage(image01, runs, num_seq=num_seq_patches, use_flow_pred=True,
+                     key=jax.random.key(0) if key is None else key,
+                     sampling_config=sampling_config)
+    return res.displacement.mean(axis=0)
+
   def run_inference(self, image: np.ndarray, point: Sequence[float], *,
                     key: jax.Array | None = None, trace: list | None = None) -> np.ndarray:
     """Spelke segment of the object at `point` (x, y): bool [S, S] (SpelkeBenchModel API).
@@ -380,12 +404,13 @@ class SpelkeNet:
                                    size).astype(bool)
     return segment
 
-  def _decode_groups(self, prompts: list, keys: jax.Array, diagnostics: bool) -> list[dict]:
+  def _decode_groups(self, prompts: list, keys: jax.Array, diagnostics: bool,
+                     sampling_config: sampling.SamplingConfig | None = None) -> list[dict]:
     """Runs grouped by prompt shape (one jitted call per group and batch chunk)."""
     cfg = self.config
     p = self.probe
     settings = decode.DecodeSettings(
-        sampling=sampling.SamplingConfig(p.temperature, p.top_k, p.top_p),
+        sampling=sampling_config or sampling.SamplingConfig(p.temperature, p.top_k, p.top_p),
         flow_range=tuple(cfg.flow_range),
         table_ids=tuple(int(c) + cfg.flow_range[0] for c in self.table.token_ids),
         restrict_to_flow=not p.full_vocab_decoding, diagnostics=diagnostics)

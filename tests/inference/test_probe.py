@@ -195,3 +195,14 @@ def test_boxes_round_trip_to_original_coordinates():
   ys, xs = np.nonzero(pasted)
   assert (xs.min(), xs.max() + 1, ys.min(), ys.max() + 1) == (c1.x_start, c1.x_end, c1.y_start,
                                                               c1.y_end)
+
+
+def test_sequential_displacement_averages_decoded_flows(tiny):
+  net = _net(tiny)
+  img = _image(5)
+  pokes = np.asarray([[100, 120, 115, 120]], np.float64)
+  disp = net.sequential_displacement(img, pokes, num_seq_patches=2, num_seeds=2,
+                                     key=jax.random.key(0))
+  assert disp.shape == (256, 256, 2) and disp.dtype == np.float32 and np.isfinite(disp).all()
+  with pytest.raises(ValueError, match="outside"):
+    net.sequential_displacement(img, np.asarray([[300, 1, 305, 1]]), num_seeds=1)
