@@ -100,14 +100,21 @@ def _run(graphdef, state, inputs: StageInputs, settings: DecodeSettings) -> dict
   else:
     out["rollout"] = jnp.zeros((r, 0), jnp.int32)
 
+  # Restricted to flow codes (and no full-vocabulary diagnostics), only the flow columns of the
+  # head are computed: 3.4x less head work and memory for the released vocabulary.
+  flow_only = settings.restrict_to_flow and not settings.diagnostics
+  offset = lo if flow_only else 0
   tokens = inputs.target_pointers
   values = []
   for step in range(t - 1):
-    logits, cache = model.extend(tokens, inputs.target_positions[:, step], cache)
+    logits, cache = model.extend(tokens, inputs.target_positions[:, step], cache,
+                                 columns=(lo, hi) if flow_only else None)
     logits = logits.astype(jnp.float32)
     if step == 0:
-      out.update(_step0_summaries(logits, settings))
-    if settings.restrict_to_flow:
+      out.update(_step0_summaries(logits, settings, offset))
+    if flow_only:
+      nxt = jnp.argmax(logits, axis=-1).astype(jnp.int32) + lo
+    elif settings.restrict_to_flow:
       nxt = jnp.argmax(logits[..., lo:hi], axis=-1).astype(jnp.int32) + lo
     else:
       nxt = jnp.argmax(logits, axis=-1).astype(jnp.int32)
@@ -118,11 +125,14 @@ def _run(graphdef, state, inputs: StageInputs, settings: DecodeSettings) -> dict
   return out
 
 
-def _step0_summaries(logits: jax.Array, settings: DecodeSettings) -> dict[str, jax.Array]:
-  """What the maps need from the [R, N, V] step-0 logits, without keeping them."""
+def _step0_summaries(logits: jax.Array, settings: DecodeSettings,
+                     offset: int = 0) -> dict[str, jax.Array]:
+  """What the maps need from the [R, N, V] step-0 logits (columns from `offset` on), without
+  keeping them."""
   lo, hi = settings.flow_range
-  out = {"table_logits": jnp.take(logits, jnp.asarray(settings.table_ids), axis=-1),
-         "lse_flow": jax.nn.logsumexp(logits[..., lo:hi], axis=-1)}
+  ids = jnp.asarray(settings.table_ids) - offset
+  out = {"table_logits": jnp.take(logits, ids, axis=-1),
+         "lse_flow": jax.nn.logsumexp(logits[..., lo - offset:hi - offset], axis=-1)}
   if settings.diagnostics:
     # max and runner-up by masking the argmax (lax.top_k sorts rows: ~50x slower on CPU).
     best = jnp.argmax(logits, axis=-1)

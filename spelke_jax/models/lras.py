@@ -165,9 +165,15 @@ class LRAS(nnx.Module):
     return (self.token_embedding(tokens).astype(self.dtype)
             + self.positional_embedding(positions).astype(self.dtype))
 
-  def logits(self, x: jax.Array) -> jax.Array:
-    """[B, T, d] hidden -> [B, T, V] logits (compute dtype)."""
-    return self.lm_head(self.ln_f(x))
+  def logits(self, x: jax.Array, columns: tuple[int, int] | None = None) -> jax.Array:
+    """[B, T, d] hidden -> [B, T, V] logits (compute dtype); with columns=(lo, hi) only the
+    logits of tokens lo..hi-1 ([B, T, hi - lo]), computing nothing for the others."""
+    h = self.ln_f(x)
+    if columns is None:
+      return self.lm_head(h)
+    lo, hi = columns
+    kernel = self.lm_head.kernel[...][:, lo:hi].astype(self.dtype)
+    return jnp.einsum("btd,dv->btv", h.astype(self.dtype), kernel)
 
   def __call__(self, tokens: jax.Array, positions: jax.Array) -> jax.Array:
     """Full causal forward: [B, T] -> logits [B, T, V]."""
@@ -193,11 +199,13 @@ class LRAS(nnx.Module):
     return self.logits(x[:, -num_logits:]), new
 
   def extend(self, tokens: jax.Array, positions: jax.Array, cache: KVCache,
-             num_logits: int | None = None) -> tuple[jax.Array, KVCache]:
+             num_logits: int | None = None,
+             columns: tuple[int, int] | None = None) -> tuple[jax.Array, KVCache]:
     """Appends n tokens [B, n] after the filled part of `cache` (causal among themselves).
 
-    Returns logits of the last `num_logits` (default all n) appended tokens [B, ., V] and the
-    updated cache (index += n). The caller keeps index + n <= cache size.
+    Returns logits of the last `num_logits` (default all n) appended tokens [B, ., V] (or only
+    the vocabulary `columns` (lo, hi)) and the updated cache (index += n). The caller keeps
+    index + n <= cache size.
     """
     x = self.embed(tokens, positions)
     ks, vs = [], []
@@ -208,7 +216,7 @@ class LRAS(nnx.Module):
     new = KVCache(k=tuple(ks), v=tuple(vs), index=cache.index + tokens.shape[1])
     if num_logits is not None:
       x = x[:, -num_logits:]
-    return self.logits(x), new
+    return self.logits(x, columns), new
 
 
 def create(config: LRASConfig, seed: int = 0) -> LRAS:

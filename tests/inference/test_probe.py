@@ -206,3 +206,18 @@ def test_sequential_displacement_averages_decoded_flows(tiny):
   assert disp.shape == (256, 256, 2) and disp.dtype == np.float32 and np.isfinite(disp).all()
   with pytest.raises(ValueError, match="outside"):
     net.sequential_displacement(img, np.asarray([[300, 1, 305, 1]]), num_seeds=1)
+
+
+def test_flow_columns_only_head_equals_full_head(tiny):
+  """With diagnostics off the parallel steps compute only the flow columns of the head."""
+  net = _net(tiny)
+  res = net.stage(_image(6), _runs(net, 2), key=jax.random.key(0))
+  inputs = probe._stage_inputs(res.prompts, jax.random.split(jax.random.key(0), 2),  # pylint: disable=protected-access
+                               shared_prefix=True)
+  base = dict(sampling=probe.sampling.SamplingConfig(), flow_range=tuple(net.config.flow_range),
+              table_ids=tuple(int(c) + net.config.flow_range[0] for c in net.table.token_ids))
+  cheap = probe.decode.run(net.lras, inputs, probe.decode.DecodeSettings(**base))
+  full = probe.decode.run(net.lras, inputs, probe.decode.DecodeSettings(**base, diagnostics=True))
+  for name in ("table_logits", "lse_flow"):
+    np.testing.assert_allclose(np.asarray(cheap[name]), np.asarray(full[name]), atol=2e-5)
+  np.testing.assert_array_equal(np.asarray(cheap["values"]), np.asarray(full["values"]))
