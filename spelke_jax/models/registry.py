@@ -27,6 +27,13 @@ MODELS: dict[str, ModelSpec] = {
     "lpq": ModelSpec("spelke_jax.models.lpq_config:LPQConfig.from_dict",
                      "spelke_jax.models.lpq:abstract", "spelke_jax.models.lpq:create",
                      "spelke_jax.convert.lpq_mapping:table"),
+    "eisen": ModelSpec("spelke_jax.models.eisen_config:EisenConfig.from_dict",
+                       "spelke_jax.models.eisen:abstract", "spelke_jax.models.eisen:create",
+                       "spelke_jax.convert.eisen_mapping:table"),
+    "eisen_head": ModelSpec("spelke_jax.models.eisen_config:EisenConfig.from_dict",
+                            "spelke_jax.models.eisen:abstract_head",
+                            "spelke_jax.models.eisen:create_head",
+                            "spelke_jax.convert.eisen_mapping:head_table"),
 }
 
 
