@@ -1,10 +1,11 @@
 """Benchmarks: time a workload after compilation and compare it with the matmul peak.
 
-The three workloads (shapes fixed so runs compare with the original on the same machine):
+The workloads (shapes fixed so runs compare with the original on the same machine):
     python -m spelke_jax.main --config=configs/bench.py:forward --workdir=out/bench
     python -m spelke_jax.main --config=configs/bench.py:decode --workdir=out/bench
     python -m spelke_jax.main --config=configs/bench.py:probe --workdir=out/bench
-All three in one process: `configs/bench.py:all`.
+    python -m spelke_jax.main --config=configs/bench.py:kprop --workdir=out/bench
+All of them in one process: `configs/bench.py:all`.
 
 forward: 4 layers, 4 heads, width 256, the real vocabulary / block size, 1 x 2048 tokens at
   positions 0..2047, float32.
@@ -13,6 +14,8 @@ decode: the same model; prefill 1024 tokens, then sample 256 tokens one at a tim
 probe: one counterfactual-probing stage on a 256x256 image, 8 directions x 1 seed,
   num_seq_patches=0, a 2-layer, 4-head, 128-wide LRAS on the real vocabulary and the released
   LPQ tokenizer widths (random weights).
+kprop: EISEN's KProp (25 iterations) + Competition (32 pointers, 3 rounds) on one 128x128 map with
+  S=1024 samples per node and Q=32.
 
 Each run prints a table and writes `bench_<workload>.json` (best seconds, compile seconds,
 throughput, FLOP/s, ratio_to_matmul_peak, device, versions). Change a shape with e.g.
@@ -22,7 +25,7 @@ from __future__ import annotations
 
 import ml_collections
 
-WORKLOADS = ("forward", "decode", "probe", "all")
+WORKLOADS = ("forward", "decode", "probe", "kprop", "all")
 
 
 def get_config(arg=None):
@@ -31,7 +34,7 @@ def get_config(arg=None):
     raise ValueError(f"unknown bench workload {workload!r}; known: {', '.join(WORKLOADS)}")
   c = ml_collections.ConfigDict()
   c.mode = "bench"
-  c.workload = workload                 # forward | decode | probe | all
+  c.workload = workload                 # forward | decode | probe | kprop | all
   c.repeats = 3                         # timed runs after compilation; the best counts
   c.seed = 0
   c.dtype = "float32"                   # param and compute dtype (and the matmul peak's)
@@ -69,4 +72,17 @@ def get_config(arg=None):
   c.probe_table_size = 256              # stand-in flow table (holds both no-motion codes)
   c.probe_x = 128.0                     # probe point in pixels
   c.probe_y = 128.0
+
+  # kprop (EISEN grouping)
+  c.kprop_batch = 1
+  c.kprop_height = 128
+  c.kprop_width = 128
+  c.kprop_samples = 1024
+  c.kprop_window = 25
+  c.kprop_q = 32
+  c.kprop_iters = 25
+  c.kprop_thresh = 0.7
+  c.kprop_masks = 32
+  c.kprop_rounds = 3
+  c.kprop_method = "auto"               # auto | segment | dense
   return c

@@ -38,7 +38,7 @@ from flax import nnx
 from spelke_jax.models import lras
 from spelke_jax.models.lras_config import NO_MOTION_FLOW_CODES, LRASConfig
 
-WORKLOADS = ("forward", "decode", "probe")
+WORKLOADS = ("forward", "decode", "probe", "kprop")
 FLOP_FORMULA = ("2*params_nonembedding*tokens + 4*n_layer*n_embd*attention_pairs "
                 "+ 2*n_embd*vocab_size*logit_tokens; attention_pairs = query x key products "
                 "computed (T^2 per causal pass, cache size S per cached query, causal mask not "
@@ -390,7 +390,15 @@ def bench_probe(config) -> dict[str, Any]:
                     "stage - best stage")}
 
 
-_RUNNERS = {"forward": bench_forward, "decode": bench_decode, "probe": bench_probe}
+def bench_kprop(config) -> dict[str, Any]:
+  """EISEN grouping: KProp (25 iterations) + Competition (32 pointers, 3 rounds) on one 128x128
+  map, S=1024, Q=32 (spelke_jax/grouping/bench.py)."""
+  from spelke_jax.grouping import bench as grouping_bench  # pylint: disable=g-import-not-at-top
+  return grouping_bench.bench_kprop(config)
+
+
+_RUNNERS = {"forward": bench_forward, "decode": bench_decode, "probe": bench_probe,
+            "kprop": bench_kprop}
 
 
 # ---- Output -----------------------------------------------------------------------------------
@@ -400,6 +408,8 @@ def _throughput(name: str, r: dict[str, Any]) -> str:
     return f"{r['tokens_per_s']:.4g} tok/s"
   if name == "decode":
     return f"{r['generated_tokens_per_s']:.4g} tok/s, {r['ms_per_token']:.3g} ms/step"
+  if name == "kprop":
+    return f"{r['maps_per_s']:.3g} maps/s"
   return f"{r['pokes_per_s']:.3g} pokes/s, {r['forward_tokens_per_s']:.4g} fwd tok/s"
 
 

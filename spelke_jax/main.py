@@ -29,6 +29,8 @@ flags.mark_flags_as_required(["config", "workdir"])
 MODES = {
     "convert": "spelke_jax.convert.run:run",
     "poke": "spelke_jax.inference.poke_mode:run",
+    "train": "spelke_jax.train.run:run",
+    "eval": "spelke_jax.train.run:run",
     "spelkebench": "spelke_jax.evals.run_spelkebench:run",
     "bench": "spelke_jax.bench:run",
 }

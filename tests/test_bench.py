@@ -26,7 +26,9 @@ def _config(workload: str, **overrides):
   small = dict(repeats=1, matmul_size=256, matmul_repeats=2, vocab_size=512, block_size=256,
                n_layer=2, n_head=2, n_embd=32, forward_tokens=64, decode_batch=2,
                decode_prompt_tokens=16, decode_new_tokens=8, probe_n_layer=1, probe_n_head=2,
-               probe_n_embd=16, probe_lpq_width=8, probe_num_dirs=1, probe_table_size=16)
+               probe_n_embd=16, probe_lpq_width=8, probe_num_dirs=1, probe_table_size=16,
+               kprop_height=16, kprop_width=24, kprop_samples=64, kprop_window=5, kprop_q=8,
+               kprop_iters=5, kprop_masks=4, kprop_rounds=2)
   c.update({**small, **overrides})
   return c
 
@@ -47,7 +49,7 @@ def _check_common(res: dict, name: str):
 
 def test_bench_all_workloads_write_json(tmp_path, capsys):
   results = bench.run(_config("all"), tmp_path)
-  assert set(results) == {"forward", "decode", "probe"}
+  assert set(results) == {"forward", "decode", "probe", "kprop"}
   for name, res in results.items():
     on_disk = json.loads((tmp_path / f"bench_{name}.json").read_text())
     assert on_disk["best_seconds"] == pytest.approx(res["best_seconds"])
@@ -66,8 +68,11 @@ def test_bench_all_workloads_write_json(tmp_path, capsys):
   assert prb["model"]["vocab_size"] == 111616 and prb["shapes"]["image_size"] == 256
   # prefix (1024 patches x 5 + 8 camera) once, plus 4 blocks of the unrevealed patches.
   assert prb["forward_tokens"] > 5128 + 4 * 1000
+  kp = json.loads((tmp_path / "bench_kprop.json").read_text())
+  assert kp["maps_per_s"] > 0 and kp["best_seconds"] > 0
   table = capsys.readouterr().out
-  assert "matmul peak" in table and all(n in table for n in ("forward", "decode", "probe"))
+  assert "matmul peak" in table and all(n in table for n in ("forward", "decode", "probe",
+                                                             "kprop"))
 
 
 def test_unknown_workload_is_a_clear_error(tmp_path):
@@ -75,7 +80,7 @@ def test_unknown_workload_is_a_clear_error(tmp_path):
     _config_module().get_config("backward")
   c = _config("forward")
   c.workload = "backward"
-  with pytest.raises(ValueError, match="known: forward, decode, probe, all"):
+  with pytest.raises(ValueError, match="known: forward, decode, probe, kprop, all"):
     bench.run(c, tmp_path)
 
 

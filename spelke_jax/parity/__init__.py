@@ -20,6 +20,8 @@ SYSTEMS: dict[str, str] = {
     "spelkenet_probe": "spelke_jax.parity.spelkenet_probe:run",
     "otsu": "spelke_jax.parity.otsu_metrics:run_otsu",
     "spelkebench_metrics": "spelke_jax.parity.otsu_metrics:run_metrics",
+    "eisen_grouping": "spelke_jax.parity.eisen_grouping:run",
+    "eisen_metrics": "spelke_jax.parity.eisen_metrics:run",
 }
 
 

@@ -1,0 +1,90 @@
+"""EISEN trainer: one train step equal on 1 and 8 devices; train -> resume -> eval from config."""
+from __future__ import annotations
+
+import json
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+
+from spelke_jax import sharding as sh
+from spelke_jax.data import synthetic
+from spelke_jax.train import eisen as trainer
+from spelke_jax.train import eisen_configs
+
+
+def _config(**kw):
+  c = eisen_configs.base()
+  c.model.backbone = "tiny"
+  c.model.local_window_size = 5
+  c.model.num_affinity_samples = 48
+  c.model.min_cc_area = 2
+  c.data.resolution = 32
+  c.targets.kind = "motion"
+  c.batch_size = 8
+  c.num_steps = 2
+  c.warmup_steps = 2
+  c.log_every = 1
+  c.checkpoint_every = 2
+  c.eval_batch_size = 4
+  for k, v in kw.items():
+    c[k] = v
+  return c
+
+
+def _batch(n=8):
+  scenes = [synthetic.make_scene(synthetic.scene_seed(3, i, "file"), 32) for i in range(n)]
+  return {"image": np.stack([s.frame0 for s in scenes]), "flow": np.stack([s.flow for s in scenes])}
+
+
+@pytest.mark.skipif(jax.device_count() < 8, reason="needs 8 (fake) devices")
+def test_train_step_equal_on_1_and_8_devices():
+  config = _config()
+  mcfg = trainer.model_config(config)
+  batch = _batch()
+  target = trainer.make_targets_fn(config, None)(batch, jax.random.key(0))
+  results = []
+  for devices in (jax.devices()[:1], jax.devices()):
+    mesh = sh.make_mesh({"data": len(devices)}, devices)
+    model = trainer.build_model(config)
+    optimizer = trainer.make_optimizer(model, config)
+    model.train()
+    graphdef, state = nnx.split((model, optimizer))
+    state = jax.device_put(state, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
+    put = lambda x: jax.device_put(x, sh.batch_sharding(mesh, sh.RULES["dp"], np.ndim(x)))
+    step = trainer.make_train_step(graphdef, mcfg, 3)
+    for i in range(2):
+      state, metrics = step(state, put(batch["image"]), put(np.asarray(target)),
+                            jax.random.key(i))
+    flat = {p: np.asarray(v[...]) for p, v in nnx.to_flat_state(state)}
+    results.append((flat, float(metrics["loss"])))
+  (a, la), (b, lb) = results
+  assert la == pytest.approx(lb, rel=1e-5)
+  for k in a:
+    np.testing.assert_allclose(a[k], b[k], rtol=2e-4, atol=2e-5, err_msg=str(k))
+
+
+def test_train_resume_and_eval(tmp_path):
+  wd = tmp_path / "run"
+  trainer.train(_config(), wd)
+  rows = [json.loads(l) for l in (wd / "train_metrics.jsonl").read_text().splitlines()]
+  assert [r["step"] for r in rows] == [1, 2] and all(np.isfinite(r["loss"]) for r in rows)
+  assert sorted(p.name for p in (wd / "checkpoints").iterdir() if p.name.isdigit()) == ["2"]
+  trainer.train(_config(num_steps=3), wd)  # resumes at step 2, runs one more
+  rows = [json.loads(l) for l in (wd / "train_metrics.jsonl").read_text().splitlines()]
+  assert [r["step"] for r in rows] == [1, 2, 3]
+  path = tmp_path / "eval.h5"
+  synthetic.write_synthetic_h5(path, list(synthetic.generate(7, 4, 32)))
+  m = trainer.evaluate(_config(mode="eval", checkpoint=str(wd), dataset_path=str(path)),
+                       tmp_path / "eval")
+  saved = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+  assert saved["num_images"] == 4 and 0 <= saved["mIoU"] <= 1 and m["mIoU"] == saved["mIoU"]
+  assert len(list((tmp_path / "eval" / "figures").glob("*.png"))) == 4
+
+
+def test_bad_configs(tmp_path):
+  with pytest.raises(ValueError, match="teacher"):
+    trainer.train(_config(targets={"kind": "explain_away"}), tmp_path / "a")
+  with pytest.raises(FileNotFoundError, match="no checkpoint"):
+    trainer.evaluate(_config(mode="eval", checkpoint=str(tmp_path / "none")), tmp_path / "b")
