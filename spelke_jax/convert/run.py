@@ -35,12 +35,25 @@ def smoke_forward(system: str, model) -> dict:
     y = np.asarray(model.decode(idx))
     return {"indices_shape": list(idx.shape), "decoded_shape": list(y.shape),
             "first_indices": np.asarray(idx)[0, 0, :4].tolist(), "finite": bool(np.isfinite(y).all())}
+  if system in ("eisen", "eisen_head"):
+    cfg = model.config
+    if system == "eisen":
+      x = jnp.asarray(np.linspace(0, 255, 64 * 64 * 3).reshape(1, 64, 64, 3).astype(np.uint8))
+    else:
+      x = jnp.ones((1, 8, 8, cfg.feature_dim), jnp.float32)
+    key, query = model(x)
+    return {"key_shape": list(key.shape), "query_shape": list(query.shape),
+            "finite": bool(np.isfinite(np.asarray(key)).all())}
   raise ValueError(f"no smoke test for system {system!r}")
 
 
 def run(config: ml_collections.ConfigDict, workdir: Path) -> dict:
   out = workdir / "model"
-  overrides = {"param_dtype": config.param_dtype} if config.param_dtype else {}
+  overrides = json.loads(config.model_config) if config.model_config else {}
+  if not isinstance(overrides, dict):
+    raise ValueError(f"--config.model_config must be a JSON object, got {config.model_config!r}")
+  if config.param_dtype:
+    overrides["param_dtype"] = config.param_dtype
   t0 = time.time()
   convert_checkpoint(config.src, out, config.system, config_overrides=overrides,
                      overwrite=config.overwrite)
