@@ -167,7 +167,9 @@ class SpelkeNet:
     self.config = cfg
     self.grid = int(round(math.sqrt((cfg.frame_0_rgb_pos_range[1] - cfg.frame_0_rgb_pos_range[0])
                                     // (cfg.patch_size**2 + 1))))
-    self.image_size = self.grid * cfg.patch_size * prompt.LPQ_STRIDE
+    self.patch_px = cfg.patch_size * prompt.LPQ_STRIDE
+    self.image_size = self.grid * self.patch_px
+    self.corner_pokes = prompt.camera_fixing_pokes(self.image_size, self.patch_px)
     self.campose = camera.campose_tokens(camera.IDENTITY_POSE, cfg)
     self._encode_rgb = jax.jit(lambda m, x: m.quantize(x))
     self._encode_flow = jax.jit(lambda m, x: m.quantize(lpq_lib.normalize_flow(x)))
@@ -220,7 +222,7 @@ class SpelkeNet:
     points = np.asarray(points, np.float32)
     if points.ndim == 2:
       points = np.broadcast_to(points, (len(directions),) + points.shape)
-    return [Run(np.concatenate([prompt.CAMERA_FIXING_POKES, object_pokes(p, d)]),
+    return [Run(np.concatenate([self.corner_pokes, object_pokes(p, d)]),
                 np.asarray(d, np.float32), int(s))
             for p, d, s in zip(points, directions, seeds)]
 
@@ -235,7 +237,8 @@ class SpelkeNet:
     cfg = self.config
     if rgb_codes is None:
       rgb_codes = self.encode_image(image01)
-    flows, unmasks = zip(*(prompt.poke_flow_map(r.flow_cond, self.image_size) for r in runs))
+    flows, unmasks = zip(*(prompt.poke_flow_map(r.flow_cond, self.image_size, self.patch_px)
+                           for r in runs))
     flow_codes = np.asarray(self._encode_flow(self.flow_lpq, jnp.asarray(np.stack(flows))))
     prompts = [prompt.build_prompt(rgb_codes, fc, um, r.seed, cfg, campose=self.campose,
                                    num_seq_patches=num_seq, dedupe_revealed=not p.duplicate_reveals)
@@ -303,7 +306,7 @@ class SpelkeNet:
   def motion_affordance(self, image: np.ndarray, *, seed: int = 0) -> tuple[np.ndarray, StageResult]:
     """1 - P(no motion) per patch [gh, gw] with only the camera pinned (Motion_Affordance)."""
     image01 = self.check_image(image)
-    run = Run(prompt.CAMERA_FIXING_POKES.copy(), np.zeros(2, np.float32), seed)
+    run = Run(self.corner_pokes.copy(), np.zeros(2, np.float32), seed)
     res = self.stage(image01, [run])
     return np.asarray(maps.motion_affordance(res.prob_no_motion[0])), res
 
@@ -351,7 +354,7 @@ class SpelkeNet:
     pokes = np.asarray(pokes, np.float64).reshape(-1, 4)
     for x1, y1, _, _ in pokes:
       self.check_point((x1, y1))
-    cond = np.concatenate([prompt.CAMERA_FIXING_POKES, pokes])
+    cond = np.concatenate([self.corner_pokes, pokes])
     direction = (pokes[-1, 2:] - pokes[-1, :2]).astype(np.float32)
     runs = [Run(cond, direction, seed) for seed in range(num_seeds)]
     res = self.stage(image01, runs, num_seq=num_seq_patches, use_flow_pred=True,

@@ -33,6 +33,14 @@ CAMERA_FIXING_POKES = np.array(
     [[248, 0, 248, 0], [0, 0, 0, 0], [0, 248, 0, 248], [248, 248, 248, 248]], dtype=np.float64)
 
 
+def camera_fixing_pokes(image_size: int = 256, patch_px: int = 8) -> np.ndarray:
+  """[4, 4] zero-flow pokes (x1, y1, x2, y2) at the top-left pixel of the four corner patches
+  of an image_size^2 image, in the original's order (top-right, top-left, bottom-left,
+  bottom-right); CAMERA_FIXING_POKES for 256 px."""
+  e = float(image_size - patch_px)
+  return np.array([[e, 0, e, 0], [0, 0, 0, 0], [0, e, 0, e], [e, e, e, e]], dtype=np.float64)
+
+
 def tokens_per_patch(patch_size: int) -> int:
   """Pointer + patch_size**2 codes."""
   return patch_size * patch_size + 1

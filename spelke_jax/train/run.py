@@ -10,6 +10,7 @@ from spelke_jax.models.registry import resolve
 # family -> "module:run(config, workdir)"; run() handles both config.mode == 'train' and 'eval'.
 FAMILIES = {
     "eisen": "spelke_jax.train.eisen:run",
+    "lras": "spelke_jax.train.lras:run",
 }
 
 
