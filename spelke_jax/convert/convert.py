@@ -64,9 +64,10 @@ def convert_checkpoint(src: str | os.PathLike, out: str | os.PathLike, system: s
     raise FileExistsError(f"{out} exists; pass overwrite=True to replace it")
   ckpt = load_checkpoint(src)
   config = build_config(system, ckpt.config(), config_overrides)
-  state_dict = ckpt.state_dict()
+  spec = registry.spec(system)
+  state_dict = (spec.get("state_dict_fn")(ckpt) if spec.state_dict_fn else ckpt.state_dict())
   leaves = abstract_params(system, config)
-  table = registry.spec(system).get("table")(config)
+  table = spec.get("table")(config)
   steps = mapping.plan(table, {k: v.shape for k, v in state_dict.items()},
                        {k: v.shape for k, v in leaves.items()})
 

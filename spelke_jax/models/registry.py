@@ -15,9 +15,15 @@ class ModelSpec:
   abstract: str          # "module:callable" config -> abstract nnx module (eval_shape)
   create: str            # "module:callable" (config, seed) -> initialised module
   table: str             # "module:callable" config -> convert.mapping.Table
+  # "module:callable" Checkpoint -> {torch name: tensor}, for checkpoints that are not one
+  # state dict (e.g. NSI's {'slot_encoder': ..., 'program_encoder': ...}); None: the default.
+  state_dict_fn: str | None = None
 
   def get(self, field: str) -> Callable[..., Any]:
-    return resolve(getattr(self, field))
+    value = getattr(self, field)
+    if value is None:
+      raise KeyError(f"model spec has no {field!r}")
+    return resolve(value)
 
 
 MODELS: dict[str, ModelSpec] = {
@@ -34,6 +40,13 @@ MODELS: dict[str, ModelSpec] = {
                             "spelke_jax.models.eisen:abstract_head",
                             "spelke_jax.models.eisen:create_head",
                             "spelke_jax.convert.eisen_mapping:head_table"),
+    "nsi": ModelSpec("spelke_jax.models.nsi:NSIConfig.from_dict",
+                     "spelke_jax.models.nsi:abstract", "spelke_jax.models.nsi:create",
+                     "spelke_jax.convert.nsi_mapping:table",
+                     state_dict_fn="spelke_jax.convert.nsi_mapping:nsi_state_dict"),
+    "vit": ModelSpec("spelke_jax.models.vit:ViTConfig.from_dict",
+                     "spelke_jax.models.vit:abstract", "spelke_jax.models.vit:create",
+                     "spelke_jax.convert.nsi_mapping:vit_table"),
 }
 
 

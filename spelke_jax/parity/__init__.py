@@ -22,6 +22,7 @@ SYSTEMS: dict[str, str] = {
     "spelkebench_metrics": "spelke_jax.parity.otsu_metrics:run_metrics",
     "eisen_grouping": "spelke_jax.parity.eisen_grouping:run",
     "eisen_metrics": "spelke_jax.parity.eisen_metrics:run",
+    "nsi": "spelke_jax.parity.nsi:run",
 }
 
 
