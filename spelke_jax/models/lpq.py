@@ -10,8 +10,10 @@ utils/modeling.py and vector-quantize-pytorch's LFQ, spherical, eval mode), chan
 
 Images are [B, H, W, C]; codes/features [B, h, w, C']; indices int32 [B, h, w] (or
 [B, h, w, num_codebooks] when num_codebooks > 1). The model works in normalised space; the
-plain functions at the bottom convert uint8 RGB / pixel flow to and from it. Inference only:
-the original's dropout (p=0.1, eval-off) is omitted.
+plain functions at the bottom convert uint8 RGB / pixel flow to and from it. The original's
+dropout (p=0.1 in the ResBlocks, eval-off) is omitted. `LPQ.train_forward` (with
+`LFQ.train_quantize`) is the training-mode forward: straight-through codes plus the LFQ entropy
+and commitment terms (train/lpq.py trains with it).
 """
 from __future__ import annotations
 
@@ -144,6 +146,57 @@ class LFQ(nnx.Module):
     c = self.unit_codes(indices)
     return c if self.project_out is None else _dense(self.project_out, c)
 
+  def codebook(self) -> jax.Array:
+    """[2**D, D] float32: every code of one codebook, (2*bit - 1) * scale / sqrt(D) (spherical)."""
+    idx = jnp.arange(2**self.codebook_bits, dtype=jnp.int32)
+    bits = (idx[:, None] & self._weights()) != 0
+    sign = jnp.where(bits, jnp.float32(1), jnp.float32(-1))
+    return sign / jnp.sqrt(jnp.float32(self.codebook_bits)) * jnp.float32(self.codebook_scale)
+
+  def train_quantize(self, z: jax.Array, *, inv_temperature: float = 100.0,
+                     diversity_gamma: float = 1.0) -> tuple[jax.Array, jax.Array, dict]:
+    """Training-mode LFQ (vector-quantize-pytorch with spherical=True, in training mode).
+
+    z [..., dim] -> (out [..., dim], indices int32 [...] (or [..., c]), aux), per codebook:
+      x   = l2norm(project_in(z)) * scale                    [..., c, D]
+      q   = where(x > 0, 1, -1) * scale / sqrt(D)            the spherical code (= unit_codes)
+      out = project_out(x + stop_gradient(q - x))            straight-through; value == codes(idx)
+    aux (unweighted scalars):
+      per_sample_entropy  mean_n H(softmax_k(-||x_n - c_k||^2 * inv_temperature))
+                          (= softmax_k(2 * inv_temperature * <x_n, c_k>): |x_n|, |c_k| are constant)
+      codebook_entropy    mean_c H(mean_n softmax(...)), over every token of the (global) batch
+      entropy_aux_loss    per_sample_entropy - diversity_gamma * codebook_entropy
+      commit_loss         mean((x - stop_gradient(q))**2)
+    with H(p) = -sum_k p_k log(max(p_k, 1e-5)) as the original. The softmax is over the full
+    codebook: [N, c, 2**D] floats for N tokens (cheap for small codebooks).
+    """
+    d, c = self.codebook_bits, self.num_codebooks
+    p = self.preact(z)
+    p = p.reshape(p.shape[:-1] + (c, d))
+    # F.normalize's max(||p||, 1e-12), with the clamp inside the sqrt so that the gradient at
+    # p == 0 (a zero flow through a bias-free encoder) is 0 instead of NaN.
+    norm = jnp.sqrt(jnp.maximum(jnp.sum(p * p, axis=-1, keepdims=True), 1e-24))
+    x = p / norm * jnp.float32(self.codebook_scale)
+    unit = jnp.float32(self.codebook_scale) / jnp.sqrt(jnp.float32(d))
+    q = jnp.where(x > 0, unit, -unit)
+    idx = jnp.sum(jnp.where(x > 0, self._weights(), 0), axis=-1, dtype=jnp.int32)
+    st = x + jax.lax.stop_gradient(q - x)
+    st = st.reshape(st.shape[:-2] + (c * d,))
+    out = st if self.project_out is None else _dense(self.project_out, st)
+
+    flat = x.reshape(-1, c, d)
+    logits = (2.0 * inv_temperature) * jnp.einsum("ncd,kd->nck", flat, self.codebook(),
+                                                  precision=_HIGHEST)
+    prob = jax.nn.softmax(logits, axis=-1)
+    entropy = lambda pr: -jnp.sum(pr * jnp.log(jnp.maximum(pr, 1e-5)), axis=-1)
+    per_sample = jnp.mean(entropy(prob))
+    codebook_entropy = jnp.mean(entropy(jnp.mean(prob, axis=0)))
+    commit = jnp.mean((x - jax.lax.stop_gradient(q)) ** 2)
+    aux = {"per_sample_entropy": per_sample, "codebook_entropy": codebook_entropy,
+           "entropy_aux_loss": per_sample - diversity_gamma * codebook_entropy,
+           "commit_loss": commit}
+    return out, (idx[..., 0] if c == 1 else idx), aux
+
 
 class LPQ(nnx.Module):
   """The tokenizer: images/flows [B, H, W, C_in] (normalised) <-> int32 indices [B, h, w]."""
@@ -194,6 +247,18 @@ class LPQ(nnx.Module):
     """Eval-mode forward: (reconstruction [B, H, W, C_out], indices [B, h, w])."""
     idx = self.quantize(x)
     return self.decode(idx), idx
+
+  def train_forward(self, x: jax.Array, *, inv_temperature: float = 100.0,
+                    diversity_gamma: float = 1.0) -> tuple[jax.Array, dict]:
+    """Training forward: [B, H, W, C_in] normalised -> (reconstruction [B, H, W, C_out], aux).
+
+    The decoder sees the straight-through codes (values equal `indices_to_codes(indices)`, so
+    the reconstruction equals `self(x)[0]`; gradients pass to the encoder). aux holds `indices`
+    [B, h, w] and the unweighted LFQ terms of `LFQ.train_quantize`."""
+    z = self.encode_features(x)
+    codes, idx, aux = self.quantizer.train_quantize(z, inv_temperature=inv_temperature,
+                                                    diversity_gamma=diversity_gamma)
+    return self.decode_codes(codes), {"indices": idx, **aux}
 
 
 def create(config: LPQConfig, seed: int = 0) -> LPQ:

@@ -11,6 +11,7 @@ from spelke_jax.models.registry import resolve
 FAMILIES = {
     "eisen": "spelke_jax.train.eisen:run",
     "lras": "spelke_jax.train.lras:run",
+    "lpq": "spelke_jax.train.lpq:run",
 }
 
 
