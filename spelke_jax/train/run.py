@@ -12,6 +12,7 @@ FAMILIES = {
     "eisen": "spelke_jax.train.eisen:run",
     "lras": "spelke_jax.train.lras:run",
     "lpq": "spelke_jax.train.lpq:run",
+    "nsi": "spelke_jax.train.nsi:run",
 }
 
 
