@@ -33,6 +33,7 @@ def get_config(arg=None):
   c.eval_batch_size = 8
   if arg == "round2":
     c.targets.kind = "explain_away"
+    c.targets.cache_batches = 64     # the teacher's targets for 512 scenes, computed once
   elif arg not in (None, "", "round1"):
     raise ValueError(f"unknown argument {arg!r} (round1 | round2)")
   return c

@@ -37,7 +37,7 @@ from spelke_jax.evals import matched_miou, viz
 from spelke_jax.grouping import pipeline as grouping
 from spelke_jax.models import eisen
 from spelke_jax.models.eisen_config import EisenConfig
-from spelke_jax.train import checkpoints, common, schedules
+from spelke_jax.train import checkpoints, common, eisen_target_cache, schedules
 
 
 # ---- Model and data -------------------------------------------------------------------------------
@@ -165,14 +165,25 @@ def train(config: ml_collections.ConfigDict, workdir: Path) -> dict:
   targets_fn = make_targets_fn(config, teacher)
   writer = common.MetricWriter(workdir, config.num_steps)
   rng = jax.random.key(config.seed)
-  data = train_batches(config, start)
+  cached = int(config.targets.get("cache_batches", 0))
+  if cached > 0:  # a fixed pool of precomputed targets (eisen_target_cache.py)
+    folder = eisen_target_cache.build(config, workdir, train_batches(config, 0), targets_fn,
+                                      jax.random.fold_in(rng, 1 << 30))  # not a step key
+    pool = eisen_target_cache.cycle(folder, cached, start)
+  else:
+    data = train_batches(config, start)
   metrics = {}
   for step in range(start, config.num_steps):
-    batch = next(data)
     step_rng = jax.random.fold_in(rng, step)
-    batch = common.put_batch(batch, mesh, rules)
-    target = targets_fn(batch, jax.random.fold_in(step_rng, 1))
-    state, metrics = step_fn(state, batch["image"], target, jax.random.fold_in(step_rng, 0))
+    if cached > 0:
+      images, target = next(pool)
+      put = common.put_batch({"image": images, "target": target}, mesh, rules)
+      images, target = put["image"], put["target"]
+    else:
+      batch = common.put_batch(next(data), mesh, rules)
+      images = batch["image"]
+      target = targets_fn(batch, jax.random.fold_in(step_rng, 1))
+    state, metrics = step_fn(state, images, target, jax.random.fold_in(step_rng, 0))
     if (step + 1) % config.log_every == 0 or step + 1 == config.num_steps:
       writer.write(step + 1, jax.device_get(metrics))
     if (step + 1) % config.checkpoint_every == 0 or step + 1 == config.num_steps:

@@ -88,3 +88,25 @@ def test_bad_configs(tmp_path):
     trainer.train(_config(targets={"kind": "explain_away"}), tmp_path / "a")
   with pytest.raises(FileNotFoundError, match="no checkpoint"):
     trainer.evaluate(_config(mode="eval", checkpoint=str(tmp_path / "none")), tmp_path / "b")
+
+
+def test_round2_with_a_target_cache(tmp_path):
+  """A bootstrapping round computes its teacher's targets once per cached batch, cycles over
+  them, resumes the cache and refuses a cache built for other settings."""
+  teacher = tmp_path / "round1"
+  trainer.train(_config(num_steps=1, checkpoint_every=1), teacher)
+  targets = dict(_config().targets.to_dict(), kind="explain_away", min_area=2, cache_batches=2,
+                 teacher_runs=1)
+  wd = tmp_path / "round2"
+  trainer.train(_config(targets=targets, teacher=str(teacher), num_steps=3), wd)
+  cache = wd / "target_cache"
+  files = sorted(p.name for p in cache.glob("*.npz"))
+  assert files == ["00000.npz", "00001.npz"]
+  with np.load(cache / "00000.npz") as z:
+    assert z["image"].shape == (8, 32, 32, 3) and z["target"].shape == (8, 8, 8)
+    assert z["target"].dtype == np.int32 and (z["target"] >= 0).all()
+  rows = [json.loads(l) for l in (wd / "train_metrics.jsonl").read_text().splitlines()]
+  assert [r["step"] for r in rows] == [1, 2, 3] and all(np.isfinite(r["loss"]) for r in rows)
+  with pytest.raises(ValueError, match="other settings"):
+    trainer.train(_config(targets=dict(targets, min_area=3), teacher=str(teacher), num_steps=4),
+                  wd)
