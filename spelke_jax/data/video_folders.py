@@ -175,10 +175,12 @@ class SyntheticH5Source:
           raise DataError(f"{self.path}: group {key!r} has no {name!r}")
       image, segs = g["rgb"][()], g["segment"][()].astype(bool)
       flow = g["flow"][()] if "flow" in g else np.zeros(image.shape[:2] + (2,), np.float32)
+      has_agent = bool(g["agent_id"][()] > 0) if "agent_id" in g else False
     ids = np.zeros(image.shape[:2], np.int32)
     for k, m in enumerate(segs):
       ids[m] = k + 1
-    return {"image": image, "flow": flow.astype(np.float32), "ids": ids, "key": key}
+    return {"image": image, "flow": flow.astype(np.float32), "ids": ids, "key": key,
+            "has_agent": has_agent}
 
 
 def batches(source, batch_size: int, resolution: int, *, seed: int = 0, shuffle: bool = True,

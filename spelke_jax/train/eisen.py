@@ -267,6 +267,7 @@ def evaluate_model(model: eisen.EISEN, config: ml_collections.ConfigDict, out: P
     for j, (e, r) in enumerate(zip(exs, res)):
       miou, best, num_gt = matched_miou.image_miou(r[2], segs[j])
       rows.append({"key": e["key"], "mIoU": None if np.isnan(miou) else float(miou),
+                   "has_agent": bool(e.get("has_agent", False)),
                    "num_gt_objects": int(num_gt), "num_segments": int(len(np.unique(segs[j])))})
       if config.write_figures:
         up = r[0].shape[0] // segs.shape[1]
@@ -274,13 +275,21 @@ def evaluate_model(model: eisen.EISEN, config: ml_collections.ConfigDict, out: P
         viz.save_png(out / "figures" / f"{start + j:05d}.png", viz.side_by_side(
             [r[0], big(plateau_pca_rgb(plateau[j])), big(label_rgb(segs[j])), label_rgb(r[2])]))
     logging.info("eval %d/%d images (%.1f s)", min(start + bs, n), n, time.time() - t0)
-  vals = [r["mIoU"] for r in rows if r["mIoU"] is not None]
-  metrics = {"mIoU": float(np.mean(vals)) if vals else float("nan"), "num_images": len(rows),
+  def mean_miou(selected):
+    vals = [r["mIoU"] for r in selected if r["mIoU"] is not None]
+    return float(np.mean(vals)) if vals else float("nan")
+  agent = [r for r in rows if r["has_agent"]]
+  metrics = {"mIoU": mean_miou(rows), "num_images": len(rows),
+             # scenes where an agent drags an object: what explaining away is for
+             "mIoU_agent_scenes": mean_miou(agent), "num_agent_scenes": len(agent),
+             "mIoU_other_scenes": mean_miou([r for r in rows if not r["has_agent"]]),
              "per_image": rows}
   tmp = out / f".metrics.json.tmp-{os.getpid()}"
   tmp.write_text(json.dumps(metrics, indent=2))
   os.replace(tmp, out / "metrics.json")
-  print(f"EISEN matched mIoU over {len(rows)} images: {metrics['mIoU']:.4f} ({out / 'metrics.json'})")
+  print(f"EISEN matched mIoU over {len(rows)} images: {metrics['mIoU']:.4f} (agent scenes "
+        f"{metrics['mIoU_agent_scenes']:.4f} over {len(agent)}, others "
+        f"{metrics['mIoU_other_scenes']:.4f}) ({out / 'metrics.json'})")
   return metrics
 
 

@@ -75,11 +75,15 @@ def test_train_resume_and_eval(tmp_path):
   rows = [json.loads(l) for l in (wd / "train_metrics.jsonl").read_text().splitlines()]
   assert [r["step"] for r in rows] == [1, 2, 3]
   path = tmp_path / "eval.h5"
-  synthetic.write_synthetic_h5(path, list(synthetic.generate(7, 4, 32)))
+  scenes = list(synthetic.generate(7, 4, 32))
+  synthetic.write_synthetic_h5(path, scenes)
   m = trainer.evaluate(_config(mode="eval", checkpoint=str(wd), dataset_path=str(path)),
                        tmp_path / "eval")
   saved = json.loads((tmp_path / "eval" / "metrics.json").read_text())
   assert saved["num_images"] == 4 and 0 <= saved["mIoU"] <= 1 and m["mIoU"] == saved["mIoU"]
+  agent = [r["has_agent"] for r in saved["per_image"]]
+  assert agent == [s.agent_id > 0 for _, s in sorted(scenes, key=lambda ks: ks[0])]
+  assert saved["num_agent_scenes"] == sum(agent)
   assert len(list((tmp_path / "eval" / "figures").glob("*.png"))) == 4
 
 
