@@ -146,14 +146,14 @@ def train(config: ml_collections.ConfigDict, workdir: Path) -> dict:
     if not config.teacher:
       raise ValueError("targets.kind='explain_away' needs --config.teacher=<round-1 workdir>")
     teacher = build_model(config)
-    _restore_weights(Path(config.teacher), teacher, config)
+    restore_weights(Path(config.teacher), teacher, config)
     teacher.eval()
   optimizer = make_optimizer(model, config)
   ckpt = checkpoints.Checkpointer(workdir / "checkpoints", save_every=config.checkpoint_every,
                                   max_to_keep=config.keep_checkpoints)
   start = ckpt.restore_latest(model, optimizer)
   if start == 0 and teacher is not None:  # a bootstrapping round starts from its teacher
-    _restore_weights(Path(config.teacher), model, config)
+    restore_weights(Path(config.teacher), model, config)
   logging.info("EISEN training from step %d to %d (batch %d, %d devices, targets %s)", start,
                config.num_steps, config.batch_size, jax.device_count(), config.targets.kind)
 
@@ -199,7 +199,7 @@ def train(config: ml_collections.ConfigDict, workdir: Path) -> dict:
   return {k: float(v) for k, v in jax.device_get(metrics).items()}
 
 
-def _restore_weights(workdir: Path, model: eisen.EISEN, config: ml_collections.ConfigDict) -> None:
+def restore_weights(workdir: Path, model: eisen.EISEN, config: ml_collections.ConfigDict) -> None:
   """The newest checkpoint's model weights from a training workdir (its optimizer state is
   read into a throwaway optimizer of the same configuration)."""
   ckpt = checkpoints.Checkpointer(workdir / "checkpoints", save_every=1)
@@ -296,7 +296,7 @@ def evaluate_model(model: eisen.EISEN, config: ml_collections.ConfigDict, out: P
 def evaluate(config: ml_collections.ConfigDict, workdir: Path) -> dict:
   """The eval mode: weights from config.checkpoint (a training workdir) or the workdir itself."""
   model = build_model(config)
-  _restore_weights(Path(config.checkpoint or workdir), model, config)
+  restore_weights(Path(config.checkpoint or workdir), model, config)
   return evaluate_model(model, config, workdir, max_images=config.eval_images)
 
 
