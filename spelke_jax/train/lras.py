@@ -12,7 +12,12 @@ sequence layout the inference prompts expect (inference/prompt.py):
     probing uses: the four corner patches first, then one patch on a moving object (the "poke"),
     then the rest at random — so the model sees the prompts it will be asked to complete;
   * cross-entropy on every next token except pointer and camera tokens (they are given at
-    inference, never predicted); flow codes weigh 1, frame-0 codes `frame0_loss_weight`.
+    inference, never predicted); flow codes weigh 1, frame-0 codes `frame0_loss_weight`. With
+    `restricted_softmax` the softmax of a flow target runs over the flow codes only (and of a
+    frame-0 target over the rgb codes), the distribution flow-only decoding samples from
+    (inference/decode.py), and the head is evaluated at the code steps only: same optimum for
+    those decoders, ~V/V_flow less head compute. The full-vocabulary softmax (what parity-mode
+    decoding samples from) is the default off-switch.
 Choices where the paper is silent: the probe-like ordering, the loss weights, and training
 scenes without camera motion (the identity camera token is then always right), all in config.
 
@@ -136,10 +141,31 @@ def load_tokenizers(config: ml_collections.ConfigDict):
   return rgb, flow
 
 
+def code_target_steps(num_patches: int, patch_size: int) -> tuple[np.ndarray, np.ndarray]:
+  """Static indices t into tokens[:, :-1] whose next token tokens[t + 1] is a code (not a
+  pointer) of frame 0 / of the flow, for the layout [frame-0 patches | 8 camera | flow patches]
+  with patches of [pointer, patch_size**2 codes]: (rgb_steps [P*s*s], flow_steps [P*s*s])."""
+  t = patch_size * patch_size + 1
+  frame = num_patches * t
+  code = np.arange(frame)[np.arange(frame) % t != 0]
+  return code - 1, frame + 8 + code - 1
+
+
+def restricted_ce(model: lras.LRAS, hidden: jax.Array, targets: jax.Array, steps: np.ndarray,
+                  columns: tuple[int, int]) -> jax.Array:
+  """Cross-entropy [B, len(steps)] of targets[:, steps] with the softmax over the head's
+  `columns` only (the token range the target belongs to, as flow-only decoding samples)."""
+  logits = model.logits(hidden[:, steps], columns=columns).astype(jnp.float32)
+  return optax.softmax_cross_entropy_with_integer_labels(logits, targets[:, steps] - columns[0])
+
+
 def make_train_step(graphdef, rgb_lpq, flow_lpq, cfg: LRASConfig, config):
   probe_prob = float(config.probe_order_prob)
   f0_weight = float(config.frame0_loss_weight)
   patch_px = cfg.patch_size * 4
+  restricted = bool(config.get("restricted_softmax", False))
+  num_patches = cfg.flow_patch_idx_range[1] - cfg.flow_patch_idx_range[0]
+  rgb_steps, flow_steps = code_target_steps(num_patches, cfg.patch_size)
 
   @jax.jit
   def step(state, frames, flow, rng):
@@ -150,7 +176,19 @@ def make_train_step(graphdef, rgb_lpq, flow_lpq, cfg: LRASConfig, config):
     tokens, positions, weights = make_sequences(rgb_codes, flow_codes, moving, rng, cfg,
                                                 probe_prob, f0_weight)
 
+    def restricted_loss_fn(model):
+      x = model.embed(tokens[:, :-1], positions[:, :-1])
+      for block in model.blocks:
+        x, _, _ = block(x)
+      flow_ce = jnp.mean(restricted_ce(model, x, tokens[:, 1:], flow_steps, cfg.flow_range))
+      rgb_ce = jnp.mean(restricted_ce(model, x, tokens[:, 1:], rgb_steps, cfg.rgb_range))
+      n_flow, n_rgb = len(flow_steps), len(rgb_steps)
+      loss = (n_flow * flow_ce + f0_weight * n_rgb * rgb_ce) / (n_flow + f0_weight * n_rgb)
+      return loss, flow_ce
+
     def loss_fn(model):
+      if restricted:
+        return restricted_loss_fn(model)
       logits = model(tokens[:, :-1], positions[:, :-1]).astype(jnp.float32)
       ce = optax.softmax_cross_entropy_with_integer_labels(logits, tokens[:, 1:])
       flow_w = (weights == 1.0).astype(jnp.float32)

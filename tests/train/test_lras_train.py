@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+import pytest
 from flax import nnx
 
 from spelke_jax.data import synthetic
@@ -71,11 +72,46 @@ def test_moving_patches():
                                 [[False, False, True, False]])
 
 
-def test_a_few_steps_reduce_the_loss():
+def test_code_target_steps_are_the_weighted_targets():
+  """The restricted loss's static steps are exactly the targets the weights select."""
+  rgb, flow = _codes(1)
+  tokens, _, weights = trainer.make_sequences(rgb, flow, jnp.ones((2, 16), bool),
+                                              jax.random.key(3), CFG, 0.5, 0.25)
+  rgb_steps, flow_steps = trainer.code_target_steps(16, CFG.patch_size)
+  w = np.asarray(weights)
+  np.testing.assert_array_equal(np.flatnonzero(w[0] == 1.0), flow_steps)
+  np.testing.assert_array_equal(np.flatnonzero(w[0] == 0.25), rgb_steps)
+  tgt = np.asarray(tokens)[:, 1:]
+  assert ((tgt[:, flow_steps] >= CFG.flow_range[0]) & (tgt[:, flow_steps] < CFG.flow_range[1])).all()
+  assert ((tgt[:, rgb_steps] >= CFG.rgb_range[0]) & (tgt[:, rgb_steps] < CFG.rgb_range[1])).all()
+
+
+def test_restricted_ce_is_the_softmax_over_the_target_range():
+  model = lras.create(CFG, seed=1)
+  rgb, flow = _codes(2)
+  tokens, positions, _ = trainer.make_sequences(rgb, flow, jnp.zeros((2, 16), bool),
+                                                jax.random.key(0), CFG, 0.0, 0.1)
+  x = model.embed(tokens[:, :-1], positions[:, :-1])
+  for block in model.blocks:
+    x, _, _ = block(x)
+  _, flow_steps = trainer.code_target_steps(16, CFG.patch_size)
+  ce = trainer.restricted_ce(model, x, tokens[:, 1:], flow_steps, CFG.flow_range)
+  full = np.asarray(model(tokens[:, :-1], positions[:, :-1]), np.float64)[:, flow_steps]
+  lo, hi = CFG.flow_range
+  sub = full[..., lo:hi]
+  tgt = np.asarray(tokens)[:, 1:][:, flow_steps] - lo
+  ref = (np.log(np.exp(sub - sub.max(-1, keepdims=True)).sum(-1)) + sub.max(-1)
+         - np.take_along_axis(sub, tgt[..., None], -1)[..., 0])
+  np.testing.assert_allclose(np.asarray(ce), ref, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("restricted", [False, True])
+def test_a_few_steps_reduce_the_loss(restricted):
   from spelke_jax.inference import spelkenet_model  # pylint: disable=g-import-not-at-top
   _, rgb_lpq, flow_lpq, _, _ = spelkenet_model.build_tiny(seed=0)
   cfg = LRASConfig(n_layer=1, n_head=2, n_embd=32, **compact_layout(256, 256, num_patches=16))
-  config = ml_collections.ConfigDict(dict(probe_order_prob=0.5, frame0_loss_weight=0.1))
+  config = ml_collections.ConfigDict(dict(probe_order_prob=0.5, frame0_loss_weight=0.1,
+                                          restricted_softmax=restricted))
   model = lras.create(cfg, seed=0)
   optimizer = nnx.Optimizer(model, optax.adam(1e-2), wrt=nnx.Param)
   graphdef, state = nnx.split((model, optimizer))
