@@ -67,7 +67,7 @@ def bench_kprop(config, peak_flops_per_s: float | None = None) -> dict[str, Any]
   seed = int(_get(config, "seed", 0))
   n = h * w
   if method == "auto":
-    method = kprop_lib.auto_method(b, n)
+    method = kprop_lib.auto_method(b, n, s=s)
   if method not in ("segment", "dense"):
     raise ValueError(f"kprop_method must be auto, segment or dense, got {method!r}")
 

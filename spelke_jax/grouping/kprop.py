@@ -18,8 +18,9 @@ Two formulations give the same numbers (up to float32 summation order):
   never N x N.
 - `dense`: sender-major [B, N, N] excitation/inhibition matrices built once by scatter-add,
   then one batched matmul per half step (memory O(B*N^2)); receivers still by segment max.
-`method='auto'` (see `auto_method`) picks `segment` on CPU, where it is measured faster, and
-`dense` on accelerators while the two [B, N, N] matrices fit in DENSE_BUDGET_BYTES.
+`method='auto'` (see `auto_method`) picks `segment` on CPU unless the graph is small next to its
+samples (N <= 6 S, where dense was measured faster), and `dense` on accelerators while the two
+[B, N, N] matrices fit in DENSE_BUDGET_BYTES.
 
 Measured on CPU (2 shared cores, jax 0.10.2, B=1, 128x128, S=1024 = 25x25 window + 399
 global, Q=32, 25 iterations, random logits; `benchmark_kprop`, best of 2-3; the machine was
@@ -190,22 +191,26 @@ def _agg_dense(m, h, a):
   return y[..., :-1] / jnp.maximum(y[..., -1:], 1.0)
 
 
-def auto_method(b: int, n: int, backend: str | None = None) -> str:
-  """The formulation `method='auto'` uses.
+def auto_method(b: int, n: int, backend: str | None = None, s: int | None = None) -> str:
+  """The formulation `method='auto'` uses for B graphs of N nodes and S samples per node.
 
-  CPU: `segment` (2.2x faster than dense at 128x128, S=1024, and ~N/S less memory; numbers in
-  the module docstring). GPU/TPU: the dense matmuls stream the two [N, N] matrices (bandwidth
-  bound), the segment sums are scatters with atomics; `dense` while both matrices fit in
-  DENSE_BUDGET_BYTES, else `segment`. The accelerator choice is not measured (no accelerator
-  was available); `benchmark_kprop` measures both on the spot.
+  CPU: the dense matmuls cost ~N^2 per node row against ~S scatter-adds for `segment`; measured
+  (2 shared cores, Q=32, 25 iterations; best of 2, seconds segment / dense): B=8 32x32 S=256
+  (N/S=4) 6.3 / 4.2, B=2 64x64 S=1024 (N/S=4) 21.8 / 15.1, B=1 96x96 S=1024 (N/S=9) 24.2 / 36.6,
+  B=8 64x64 S=256 (N/S=16) 26.8 / 56.1, B=1 128x128 S=1024 (N/S=16) 11.0 / 24.3. So `dense` when
+  N <= 6 S (and both matrices fit in DENSE_BUDGET_BYTES), else `segment`; `segment` when S is
+  not given. GPU/TPU: the dense matmuls stream the two [N, N] matrices (bandwidth bound), the
+  segment sums are scatters with atomics; `dense` while both matrices fit, else `segment`. The
+  accelerator choice is not measured (no accelerator was available); `benchmark_kprop` measures
+  both on the spot.
   """
   backend = backend or jax.default_backend()
+  fits = 2 * 4 * b * n * n <= DENSE_BUDGET_BYTES
   if backend == "cpu":
-    return "segment"
-  return "dense" if 2 * 4 * b * n * n <= DENSE_BUDGET_BYTES else "segment"
+    return "dense" if s is not None and n <= 6 * s and fits else "segment"
+  return "dense" if fits else "segment"
 
 
-@functools.partial(jax.jit, static_argnames=("iters", "return_all", "method", "chunk"))
 def _kprop(adj, sample_idx, h0, a0, thresh, *, iters, return_all, method, chunk=0):
   n = adj.shape[1]
   we, wi, valid, recv = _weights(adj, sample_idx, thresh)
@@ -254,7 +259,7 @@ def kprop(adj: jax.Array, sample_idx: jax.Array, h0: jax.Array, seed_idx: jax.Ar
   else:
     a0 = jnp.asarray(activated).astype(jnp.bool_)
   if method == "auto":
-    method = auto_method(b, n)
+    method = auto_method(b, n, s=s)
   h, hs, acts = _kprop(adj, sample_idx.astype(jnp.int32), h0, a0, jnp.float32(thresh),
                        iters=int(iters), return_all=bool(return_all), method=method,
                        chunk=(auto_chunk(b, n, s, q) if chunk is None else int(chunk))
@@ -277,7 +282,7 @@ def benchmark_kprop(*, b: int = 1, h: int = 128, w: int = 128, s: int = 1024, q:
   seed_idx = random_seed_nodes(k4, b, n)
   del k5
   out: dict[str, Any] = {"shapes": {"B": b, "H": h, "W": w, "S": s, "Q": q, "iters": iters},
-                         "backend": jax.default_backend(), "auto": auto_method(b, n)}
+                         "backend": jax.default_backend(), "auto": auto_method(b, n, s=s)}
   plateaus = {}
   a0 = jax.nn.one_hot(seed_idx, n, dtype=jnp.bool_)
   args = (adj, idx, h0, a0, jnp.float32(thresh))

@@ -58,6 +58,10 @@ def test_segment_equals_dense():
   np.testing.assert_array_equal(np.asarray(seg.activated), np.asarray(den.activated))
   assert seg.activated[0].sum() == 2                                # one seed per image
   assert kp.auto_method(1, 128 * 128, "cpu") == "segment"
+  assert kp.auto_method(1, 128 * 128, "cpu", s=1024) == "segment"   # N/S = 16
+  assert kp.auto_method(8, 32 * 32, "cpu", s=256) == "dense"        # N/S = 4
+  assert kp.auto_method(64, 128 * 128, "gpu") == "segment"          # matrices too large
+  assert kp.auto_method(1, 64 * 64, "tpu") == "dense"
   assert kp.auto_chunk(1, 128 * 128, 1024, 32) == 0
   assert kp.auto_chunk(8, 128 * 128, 1024, 32) == kp.DEFAULT_CHUNK
 
@@ -171,7 +175,8 @@ def test_batch_one_sample_idx_broadcasts():
 def test_bench_kprop_small():
   from spelke_jax.grouping.bench import bench_kprop  # pylint: disable=g-import-not-at-top
   r = bench_kprop(dict(kprop_height=8, kprop_width=12, kprop_samples=30, kprop_window=3,
-                       kprop_q=4, kprop_iters=3, kprop_masks=4, kprop_rounds=2, repeats=1),
+                       kprop_q=4, kprop_iters=3, kprop_masks=4, kprop_rounds=2, repeats=1,
+                       kprop_method="segment"),
                   peak_flops_per_s=1e9)
   assert r["shapes"]["N"] == 96 and r["method"] == "segment"
   assert r["best_seconds"] > 0 and r["flops_per_s"] > 0 and r["ratio_to_matmul_peak"] > 0
