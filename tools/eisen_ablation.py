@@ -16,7 +16,7 @@ from pathlib import Path
 from absl import app, flags
 from ml_collections import config_flags
 
-_CONFIG = config_flags.DEFINE_config_file("config", "configs/eisen_synth.py", "EISEN config.")
+_CONFIG = config_flags.DEFINE_config_file("config", None, "EISEN config file, e.g. configs/eisen_synth.py.")
 _ITERS = flags.DEFINE_list("iters", ["1", "10", "20", "40"], "KProp iterations to evaluate.")
 _OUT = flags.DEFINE_string("out", None, "Output directory.", required=True)
 
@@ -81,6 +81,8 @@ def ablation(config, iters, out: Path) -> list[dict]:
 
 def main(argv):
   del argv
+  if _CONFIG.value is None:
+    raise app.UsageError("--config=<EISEN config file> is required (e.g. configs/eisen_synth.py)")
   if not _CONFIG.value.checkpoint:
     raise app.UsageError("--config.checkpoint=<EISEN training workdir> is required")
   ablation(_CONFIG.value, [int(v) for v in _ITERS.value], Path(_OUT.value))
