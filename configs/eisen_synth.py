@@ -31,6 +31,7 @@ def get_config(arg=None):
   c.data.seed = 0                    # training scenes; evaluate on other seeds
   c.targets.kind = "motion_segments"
   c.targets.min_area = 8
+  c.targets.min_overlap = 8
   c.batch_size = 8
   c.num_steps = 3000
   c.warmup_steps = 100

@@ -21,6 +21,7 @@ def base(mode: str = "train") -> ml_collections.ConfigDict:
   c.targets = ml_collections.ConfigDict(dict(
       kind="motion", flow_threshold=0.5, flow_grid=(8, 8), num_masks=32, rounds=3,
       min_area=20, teacher_runs=5,
+      min_overlap=20,                # explaining away: pixels a confident part needs (= min_area)
       cache_batches=0))              # > 0: precompute the targets of that many batches once
                                      # and cycle over them (train/eisen_target_cache.py)
   c.teacher = ""                     # a round-1 training workdir, for targets.kind=explain_away
