@@ -4,20 +4,27 @@ Train (targets from flow only; `:round2` bootstraps with explaining away from a 
     python -m spelke_jax.main --config=configs/eisen_synth.py --workdir=out/eisen_synth
     python -m spelke_jax.main --config=configs/eisen_synth.py:round2 \
         --config.teacher=out/eisen_synth --workdir=out/eisen_synth_round2
-Evaluate (matched mIoU on held-out synthetic scenes: make them with tools/make_synthetic.py):
-    python tools/make_synthetic.py --seed=7 --num=40 --resolution=128 --out=out/synth_eval128.h5
+Evaluate the shipped EISEN (assets/synth_eisen, round 1) on the shipped held-out set
+(assets/synth_eval128.h5: 40 scenes of seed 7, never used in training or tuning):
     python -m spelke_jax.main --config=configs/eisen_synth.py --config.mode=eval \
-        --config.checkpoint=out/eisen_synth --config.dataset_path=out/synth_eval128.h5 \
         --workdir=out/eisen_synth_eval
+and a run of yours on another set (tools/make_synthetic.py writes one):
+    python tools/make_synthetic.py --seed=8 --num=40 --resolution=128 --out=out/synth_eval128_s8.h5
+    python -m spelke_jax.main --config=configs/eisen_synth.py --config.mode=eval \
+        --config.checkpoint=out/eisen_synth --config.dataset_path=out/synth_eval128_s8.h5 \
+        --workdir=out/eisen_synth_eval_s8
 KProp-iterations ablation (the paper's Table 3) of a trained run:
     python tools/eisen_ablation.py --config=configs/eisen_synth.py \
-        --config.checkpoint=out/eisen_synth --config.dataset_path=out/synth_eval128.h5 \
-        --out=out/eisen_ablation
+        --config.checkpoint=out/eisen_synth --out=out/eisen_ablation
 A run restarted in the same workdir resumes from its last checkpoint. The affinity map has
 stride 4 (32 x 32 at 128 px): nearest-upsampled perfect labels at that stride score 0.82
 matched mIoU on the seed-7 set (0.67 at 64 px, 0.90 at 256 px), the ceiling of this config.
 """
+from pathlib import Path
+
 from spelke_jax.train.eisen_configs import base
+
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
 
 
 def get_config(arg=None):
@@ -38,6 +45,8 @@ def get_config(arg=None):
   c.log_every = 25
   c.checkpoint_every = 250
   c.eval_batch_size = 8
+  c.dataset_path = str(ASSETS / "synth_eval128.h5")   # eval: the shipped held-out set
+  c.checkpoint = str(ASSETS / "synth_eisen")          # eval: the shipped round-1 model
   if arg == "round2":
     c.targets.kind = "explain_away"
     c.targets.cache_batches = 16     # the teacher's targets for 128 scenes, computed once

@@ -1,7 +1,8 @@
 """Poke one point of an image: motion affordance, expected displacement, correlation, segment.
 
-Embedded default (the first image of assets/spelkebench_demo.h5 and its first probe point, the
-small SpelkeNet shipped in assets/; CPU, no downloads):
+Embedded default (the first image of the shipped synthetic set assets/synth_eval96.h5 and its
+first probe point, the small SpelkeNet trained on the synthetic world, assets/synth_spelkenet;
+CPU, no downloads):
     python -m spelke_jax.main --config=configs/poke.py --workdir=out/poke_demo
 
 Your image and point with the converted SpelkeNet 1B (see README for converting):
@@ -23,8 +24,8 @@ def get_config(arg=None):
   c.mode = "poke"
   c.image = ""                  # an RGB image file; "" = the embedded demo image
   c.point = ""                  # "X,Y" pixels (x horizontal); "" = the demo's probe point
-  c.resize = True               # resize + centre-crop other sizes to the model's 256x256
-  # The SpelkeNet (same fields as configs/spelkebench.py; '' = the embedded small model).
+  c.resize = True               # resize + centre-crop other sizes to the model's size
+  # The SpelkeNet (same fields as configs/spelkebench.py; '' = the shipped small model).
   c.lras_checkpoint = ""
   c.rgb_checkpoint = ""
   c.flow_checkpoint = ""

@@ -1,7 +1,8 @@
 """SpelkeBench: one segment per ground-truth probe point, then AR / mIoU as the original.
 
-Embedded default (a small procedural set and the small SpelkeNet shipped in assets/, the fast
-preset; runs on CPU in about a minute, no downloads):
+Embedded default (the small SpelkeNet trained on the synthetic Spelke world, assets/synth_spelkenet,
+on the shipped held-out set assets/synth_eval96.h5: 40 scenes of seed 7 at 96 px; the fast
+preset; a few minutes on CPU, no downloads):
     python -m spelke_jax.main --config=configs/spelkebench.py --workdir=out/spelkebench_demo
 
 Another registered model (`:NAME` picks it too, e.g. configs/spelkebench.py:whole_image):
@@ -32,7 +33,7 @@ ASSETS = Path(__file__).resolve().parent.parent / "assets"
 def get_config(arg=None):
   c = ml_collections.ConfigDict()
   c.mode = "spelkebench"
-  c.dataset_path = str(ASSETS / "spelkebench_demo.h5")
+  c.dataset_path = str(ASSETS / "synth_eval96.h5")
   c.model = arg or "spelkenet"           # a name registered in spelke_jax.evals.models
   c.img_names = ""                       # comma-separated subset of the dataset's keys; "" = all
   c.max_images = 0                       # first N keys in sorted order; 0 = all
@@ -44,7 +45,7 @@ def get_config(arg=None):
   # floodfill baseline
   c.floodfill_tolerance = 0.1            # max abs channel difference, [0,1] units
 
-  # spelkenet: converted dirs (convert mode) or original .pt files; '' = the embedded small model
+  # spelkenet: converted dirs (convert mode) or original .pt files; '' = the shipped small model
   c.lras_checkpoint = ""
   c.rgb_checkpoint = ""
   c.flow_checkpoint = ""

@@ -62,7 +62,7 @@ def load_image(path: str, size: int, point: tuple[float, float] | None, resize: 
 
 def _demo_input() -> tuple[np.ndarray, tuple[float, float]]:
   from spelke_jax.data.spelkebench import SpelkeBenchReader  # pylint: disable=g-import-not-at-top
-  reader = SpelkeBenchReader(Path(__file__).resolve().parents[2] / "assets" / "spelkebench_demo.h5")
+  reader = SpelkeBenchReader(Path(__file__).resolve().parents[2] / "assets" / "synth_eval96.h5")
   ex = reader[reader.keys()[0]]
   return ex.image, tuple(float(v) for v in ex.points[0])
 

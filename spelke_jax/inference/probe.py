@@ -44,6 +44,11 @@ class ProbeConfig:
       rounds 4 times); ours in float32.
     raise_on_empty_zoom: the original crashes when a zoom stage finds an empty segment; ours
       stops zooming and keeps the previous crop.
+
+  Pixel hyperparameters (min_mag, max_mag, crop_padding, second_point_dist) are in pixels of a
+  `reference_size` image (the original's 256) and scale with the model's image size
+  (`scaled_to`): a 96-px model pokes 3.75-9.4 px, as objects in its training data move. At
+  256 px (the released models) nothing changes; reference_size=0 turns scaling off.
   """
   num_zoom_iters: int = 0
   num_seq_patches: int = 0
@@ -63,6 +68,17 @@ class ProbeConfig:
   per_run_frame0_order: bool = False
   bf16_displacement: bool = False
   raise_on_empty_zoom: bool = False
+  reference_size: int = 256
+
+  def scaled_to(self, image_size: int) -> "ProbeConfig":
+    """The pixel hyperparameters scaled by image_size / reference_size (identity at 256)."""
+    if not self.reference_size or image_size == self.reference_size:
+      return self
+    f = image_size / self.reference_size
+    return dataclasses.replace(
+        self, min_mag=self.min_mag * f, max_mag=self.max_mag * f,
+        crop_padding=max(1, int(round(self.crop_padding * f))),
+        second_point_dist=tuple(d * f for d in self.second_point_dist), reference_size=image_size)
 
   def original(self) -> "ProbeConfig":
     """The same hyperparameters with every parity switch set to the original's behaviour."""
@@ -162,13 +178,13 @@ class SpelkeNet:
     self.rgb_lpq = rgb_lpq
     self.flow_lpq = flow_lpq
     self.table = flow_table
-    self.probe = probe
     cfg = lras_model.config
     self.config = cfg
     self.grid = int(round(math.sqrt((cfg.frame_0_rgb_pos_range[1] - cfg.frame_0_rgb_pos_range[0])
                                     // (cfg.patch_size**2 + 1))))
     self.patch_px = cfg.patch_size * prompt.LPQ_STRIDE
     self.image_size = self.grid * self.patch_px
+    self.probe = probe.scaled_to(self.image_size)
     self.corner_pokes = prompt.camera_fixing_pokes(self.image_size, self.patch_px)
     self.campose = camera.campose_tokens(camera.IDENTITY_POSE, cfg)
     self._encode_rgb = jax.jit(lambda m, x: m.quantize(x))

@@ -4,15 +4,18 @@ Weights come from `config.lras_checkpoint`, `config.rgb_checkpoint`, `config.flo
 (each a converted directory (convert mode) or an original .pt, converted on the fly) and
 `config.flow_table` (the original's flow_token_to_flow_vector_mapping.pt, or an .npz with
 `token_ids`, `vectors` and optionally `no_motion_codes`). With no checkpoint configured, the
-embedded small model in assets/tiny_spelkenet/ is used (random weights until the synthetic-world
-training provides trained ones), so every command runs without downloads.
+shipped small SpelkeNet trained on the synthetic Spelke world (assets/synth_spelkenet/: 96-px
+images, converted Orbax directories written by tools/ship_synth_models.py) is used, so every
+command runs without downloads. `build_tiny` makes a random-weight model of the same kind for
+tests.
 """
 from __future__ import annotations
 
 import dataclasses
+import os
 import zlib
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -27,7 +30,8 @@ from spelke_jax.models import lras
 from spelke_jax.models.lpq_config import LPQConfig
 from spelke_jax.models.lras_config import NO_MOTION_FLOW_CODES, LRASConfig, compact_layout
 
-TINY_DIR = Path(__file__).resolve().parents[2] / "assets" / "tiny_spelkenet"
+SHIPPED_DIR = Path(__file__).resolve().parents[2] / "assets" / "synth_spelkenet"
+SHIPPED_FILES = ("lras", "rgb_quantizer", "flow_quantizer", "flow_table.npz")
 
 # The embedded small model: 8-bit codebooks, the compact vocabulary layout, 2 layers.
 TINY_RGB = LPQConfig(vocab_size=256, num_in_channels=3, num_out_channels=3, kind="rgb",
@@ -72,21 +76,14 @@ def build_tiny(seed: int = 0) -> tuple[Any, Any, Any, maps.FlowTable, tuple[int,
           zero_flow_codes(flow))
 
 
-def write_tiny_assets(out_dir: str | Path = TINY_DIR, seed: int = 0) -> Path:
-  """Writes the small model in the original layouts: lras.pt, rgb_quantizer.pt,
-  flow_quantizer.pt and flow_table.npz."""
-  from spelke_jax.convert.export import export_torch  # pylint: disable=g-import-not-at-top
-  out = Path(out_dir)
-  out.mkdir(parents=True, exist_ok=True)
-  model, rgb, flow, table, no_motion = build_tiny(seed)
-  for name, m, system in (("lras", model, "lras"), ("rgb_quantizer", rgb, "lpq"),
-                          ("flow_quantizer", flow, "lpq")):
-    export_torch(m, system, out / f"{name}.pt")
-  tmp = out / ".flow_table.tmp.npz"
+def write_flow_table(path: str | Path, table: maps.FlowTable, no_motion: Sequence[int]) -> Path:
+  """flow_table.npz (token_ids, vectors, no_motion_codes), written to a temp name and renamed."""
+  path = Path(path)
+  tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.npz")
   np.savez(tmp, token_ids=np.asarray(table.token_ids), vectors=np.asarray(table.vectors),
            no_motion_codes=np.asarray(no_motion, np.int64))
-  tmp.replace(out / "flow_table.npz")
-  return out
+  tmp.replace(path)
+  return path
 
 
 def _load(path: str | Path, system: str, **overrides):
@@ -160,7 +157,7 @@ class SpelkeNetBenchModel:
 @bench_models.register("spelkenet")
 def spelkenet_factory(config: ml_collections.ConfigDict) -> SpelkeNetBenchModel:
   """From config.lras_checkpoint / rgb_checkpoint / flow_checkpoint / flow_table, or the
-  embedded small model when lras_checkpoint is empty."""
+  shipped small model (SHIPPED_DIR) when lras_checkpoint is empty."""
   probe_cfg = probe_config_from(config)
   if config.get("lras_checkpoint", ""):
     paths = [config.get(k, "") for k in ("lras_checkpoint", "rgb_checkpoint", "flow_checkpoint",
@@ -170,7 +167,6 @@ def spelkenet_factory(config: ml_collections.ConfigDict) -> SpelkeNetBenchModel:
     if missing:
       raise ValueError(f"model spelkenet with lras_checkpoint also needs {missing}")
   else:
-    paths = [TINY_DIR / n for n in ("lras.pt", "rgb_quantizer.pt", "flow_quantizer.pt",
-                                    "flow_table.npz")]
+    paths = [SHIPPED_DIR / n for n in SHIPPED_FILES]
   net = load_spelkenet(*paths, probe_cfg, dtype=config.get("dtype", "float32"))
   return SpelkeNetBenchModel(net, int(config.get("seed", 0)))

@@ -33,6 +33,7 @@ import optax
 from absl import logging
 from flax import nnx
 
+from spelke_jax.convert.convert import CONFIG_FILE
 from spelke_jax.evals import matched_miou, viz
 from spelke_jax.grouping import pipeline as grouping
 from spelke_jax.models import eisen
@@ -199,14 +200,28 @@ def train(config: ml_collections.ConfigDict, workdir: Path) -> dict:
   return {k: float(v) for k, v in jax.device_get(metrics).items()}
 
 
-def restore_weights(workdir: Path, model: eisen.EISEN, config: ml_collections.ConfigDict) -> None:
-  """The newest checkpoint's model weights from a training workdir (its optimizer state is
-  read into a throwaway optimizer of the same configuration)."""
-  ckpt = checkpoints.Checkpointer(workdir / "checkpoints", save_every=1)
+def restore_weights(path: Path, model: eisen.EISEN, config: ml_collections.ConfigDict) -> None:
+  """Model weights from `path`: a converted checkpoint directory (config.json + params/, e.g.
+  the shipped assets/synth_eisen) or a training workdir (its newest checkpoint; the optimizer
+  state is read into a throwaway optimizer of the same configuration)."""
+  path = Path(path)
+  if (path / CONFIG_FILE).exists():
+    from spelke_jax.convert.load import load_converted, read_meta  # pylint: disable=g-import-not-at-top
+    stored = EisenConfig.from_dict(read_meta(path)["model_config"])
+    arch = ("backbone", "kq_dim", "local_window_size", "supervision_level")
+    diff = {k: (getattr(stored, k), getattr(model.config, k)) for k in arch
+            if getattr(stored, k) != getattr(model.config, k)}
+    if diff:
+      raise ValueError(f"{path} holds another EISEN architecture than the config: "
+                       f"{ {k: f'stored {a!r}, config {b!r}' for k, (a, b) in diff.items()} }")
+    nnx.update(model, nnx.state(load_converted(path)))
+    return
+  ckpt = checkpoints.Checkpointer(path / "checkpoints", save_every=1)
   try:
     step = ckpt.latest_step()
     if step is None:
-      raise FileNotFoundError(f"no checkpoint under {workdir / 'checkpoints'}")
+      raise FileNotFoundError(f"no checkpoint under {path / 'checkpoints'} and no converted "
+                              f"checkpoint ({CONFIG_FILE}) in {path}")
     ckpt.restore(step, model, make_optimizer(model, config))
   finally:
     ckpt.close()

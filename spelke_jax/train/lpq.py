@@ -394,12 +394,9 @@ def export(model: lpq_lib.LPQ, config: ml_collections.ConfigDict, workdir: Path,
   cfg = export_cfg(model.config, config)
   export_torch(model, "lpq", out / f"{config.kind}_quantizer.pt", cfg=cfg)
   if config.kind == "flow":
-    table = spelkenet_model.derive_flow_table(model)
-    no_motion = spelkenet_model.zero_flow_codes(model)
-    tmp = out / f".flow_table.tmp-{os.getpid()}.npz"
-    np.savez(tmp, token_ids=np.asarray(table.token_ids), vectors=np.asarray(table.vectors),
-             no_motion_codes=np.asarray(no_motion, np.int64))
-    os.replace(tmp, out / "flow_table.npz")
+    spelkenet_model.write_flow_table(out / "flow_table.npz",
+                                     spelkenet_model.derive_flow_table(model),
+                                     spelkenet_model.zero_flow_codes(model))
   if metrics is not None:
     _write_json(out / "metrics.json", metrics)
   return out

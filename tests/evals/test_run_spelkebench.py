@@ -2,7 +2,6 @@
 baselines, and the embedded demo set."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -14,30 +13,32 @@ import pytest
 from scipy import ndimage
 
 from spelke_jax.data.spelkebench import Example, SpelkeBenchReader, write_spelkebench_h5
+from spelke_jax import config_files
 from spelke_jax.evals import models
 from spelke_jax.evals import run_spelkebench as rsb
 from spelke_jax.evals.spelkebench import evaluate_folder
+from spelke_jax.inference import spelkenet_model
 
 ROOT = Path(__file__).resolve().parents[2]
 DEMO = ROOT / "assets" / "spelkebench_demo.h5"
 
 
 def _config(**overrides):
-  spec = importlib.util.spec_from_file_location("_spelkebench_cfg", ROOT / "configs" /
-                                                "spelkebench.py")
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  c = mod.get_config()
-  c.model = "floodfill"  # fast; the default (embedded SpelkeNet) has its own test
+  c = config_files.load("configs/spelkebench.py")
+  c.model = "floodfill"  # fast; the default (shipped SpelkeNet) has its own test
+  c.dataset_path = str(DEMO)  # 6 images at 256 px: the runner's mechanics
   for k, v in overrides.items():
     c[k] = v
   return c
 
 
 def _main(workdir, *flags):
-  """The spelkebench command; the fast floodfill baseline unless a test picks the model."""
+  """The spelkebench command; the fast floodfill baseline on the 6-image demo set unless a test
+  picks the model or the set."""
   if not any(f.startswith("--config.model") for f in flags):
     flags = flags + ("--config.model=floodfill",)
+  if not any(f.startswith("--config.dataset_path") for f in flags):
+    flags = flags + (f"--config.dataset_path={DEMO}",)
   return subprocess.run([sys.executable, "-m", "spelke_jax.main",
                          "--config=configs/spelkebench.py", f"--workdir={workdir}", *flags],
                         cwd=ROOT, capture_output=True, text=True, timeout=300)
@@ -51,14 +52,21 @@ def _metrics(workdir):
 
 # ---- the default command ------------------------------------------------------------------------
 
-def test_default_model_is_the_embedded_spelkenet(tmp_path):
+def test_default_command_runs_the_shipped_spelkenet_and_reproduces_its_metrics(tmp_path):
+  """The default command (shipped trained SpelkeNet, shipped held-out set) on its first 3
+  images gives the per-image AR / mIoU recorded when the model was shipped."""
+  ref = json.loads((spelkenet_model.SHIPPED_DIR / "reference_metrics.json").read_text())
   out = subprocess.run([sys.executable, "-m", "spelke_jax.main", "--config=configs/spelkebench.py",
-                        f"--workdir={tmp_path}", "--config.max_images=1"],
-                       cwd=ROOT, capture_output=True, text=True, timeout=600)
+                        f"--workdir={tmp_path}", "--config.max_images=3"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=900)
   assert out.returncode == 0, out.stderr[-3000:]
   m = json.loads((tmp_path / "metrics.json").read_text())
-  assert m["model"] == "spelkenet" and m["num_images"] == 1
-  assert 0 <= m["AR"] <= 1 and 0 <= m["mIoU"] <= 1
+  assert m["model"] == "spelkenet" and m["num_images"] == 3
+  assert Path(m["dataset_path"]).name == "synth_eval96.h5"
+  want = {r["name"]: r for r in ref["per_image"]}
+  for row in m["per_image"]:
+    assert row["mIoU"] == pytest.approx(want[row["name"]]["mIoU"], abs=0.03), row["name"]
+    assert row["AR"] == pytest.approx(want[row["name"]]["AR"], abs=0.12), row["name"]
   with h5py.File(next((tmp_path / "predictions").glob("*.h5")), "r") as f:
     pred, gt = f["segment_pred"][()], f["segment_gt"][()]
   assert pred.shape == gt.shape and pred.dtype == np.uint8 and set(np.unique(pred)) <= {0, 1}

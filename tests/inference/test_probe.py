@@ -221,3 +221,15 @@ def test_flow_columns_only_head_equals_full_head(tiny):
   for name in ("table_logits", "lse_flow"):
     np.testing.assert_allclose(np.asarray(cheap[name]), np.asarray(full[name]), atol=2e-5)
   np.testing.assert_array_equal(np.asarray(cheap["values"]), np.asarray(full["values"]))
+
+
+def test_pixel_hyperparameters_scale_with_the_model_size(tiny):
+  base = probe.ProbeConfig(crop_padding=25, second_point_dist=(9.0, 50.0))
+  assert base.scaled_to(256) == base  # the released models: unchanged
+  small = base.scaled_to(96)
+  assert (small.min_mag, small.max_mag) == pytest.approx((3.75, 9.375))
+  assert small.crop_padding == 9 and small.second_point_dist == pytest.approx((3.375, 18.75))
+  assert small.scaled_to(96) == small  # idempotent: sizes are now relative to 96
+  off = dataclasses.replace(base, reference_size=0)
+  assert off.scaled_to(96) == off
+  assert _net(tiny).probe == probe.ProbeConfig().scaled_to(256)  # the tiny model is 256 px
