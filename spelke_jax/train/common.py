@@ -1,4 +1,5 @@
-"""Pieces every trainer shares: mesh and batch placement, metric logging with ETA."""
+"""Pieces every trainer shares: mesh and batch placement, metric logging with ETA, the
+log / checkpoint block after each train step."""
 from __future__ import annotations
 
 import json
@@ -10,6 +11,7 @@ from typing import Any, Mapping
 import jax
 import numpy as np
 from absl import logging
+from flax import nnx
 
 from spelke_jax import sharding as sharding_lib
 
@@ -20,6 +22,37 @@ def setup_mesh(config) -> tuple[jax.sharding.Mesh, dict]:
   mesh = sharding_lib.make_mesh(shape)
   rules = sharding_lib.RULES[config.get("sharding", "dp")]
   return mesh, rules
+
+
+def check_batch_size(config) -> None:
+  """config.batch_size must split evenly over all devices (data parallel)."""
+  if config.batch_size % jax.device_count():
+    raise ValueError(f"batch_size {config.batch_size} must divide over {jax.device_count()} "
+                     "devices")
+
+
+def replicate(state, mesh: jax.sharding.Mesh):
+  """Puts a (model, optimizer) state on every device of `mesh` (data-parallel training)."""
+  return jax.device_put(state, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
+
+
+def floats(metrics: Mapping[str, Any]) -> dict[str, float]:
+  """Device metrics -> {name: python float}."""
+  return {k: float(v) for k, v in jax.device_get(metrics).items()}
+
+
+def after_step(step: int, config, state, metrics, writer: "MetricWriter", ckpt,
+               modules: tuple[nnx.Module, ...], end: int | None = None) -> None:
+  """After train step `step` (0-based): logs every config.log_every steps and at the last step
+  (`end`, default config.num_steps); at every config.checkpoint_every-th and the last step writes
+  `state` back into `modules` (model, optimizer) and saves them with the step's metrics."""
+  done = step + 1
+  last = done == (end or config.num_steps)
+  if done % config.log_every == 0 or last:
+    writer.write(done, jax.device_get(metrics))
+  if done % config.checkpoint_every == 0 or last:
+    nnx.update(modules, state)
+    ckpt.maybe_save(done, *modules, force=True, meta=floats(metrics))
 
 
 def put_batch(batch: Mapping[str, np.ndarray], mesh, rules) -> dict[str, jax.Array]:

@@ -138,9 +138,7 @@ def make_targets_fn(config: ml_collections.ConfigDict, teacher: eisen.EISEN | No
 def train(config: ml_collections.ConfigDict, workdir: Path) -> dict:
   mcfg = model_config(config)
   mesh, rules = common.setup_mesh(config)
-  if config.batch_size % jax.device_count():
-    raise ValueError(f"batch_size {config.batch_size} must divide over {jax.device_count()} "
-                     "devices")
+  common.check_batch_size(config)
   model = build_model(config)
   teacher = None
   if config.targets.kind == "explain_away":
@@ -160,8 +158,7 @@ def train(config: ml_collections.ConfigDict, workdir: Path) -> dict:
 
   model.train()  # the train step's graph is in train mode (BatchNorm batch statistics, dropout)
   graphdef, state = nnx.split((model, optimizer))
-  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-  state = jax.device_put(state, replicated)
+  state = common.replicate(state, mesh)
   step_fn = make_train_step(graphdef, mcfg, config.model.supervision_level)
   targets_fn = make_targets_fn(config, teacher)
   writer = common.MetricWriter(workdir, config.num_steps)
@@ -185,19 +182,14 @@ def train(config: ml_collections.ConfigDict, workdir: Path) -> dict:
       images = batch["image"]
       target = targets_fn(batch, jax.random.fold_in(step_rng, 1))
     state, metrics = step_fn(state, images, target, jax.random.fold_in(step_rng, 0))
-    if (step + 1) % config.log_every == 0 or step + 1 == config.num_steps:
-      writer.write(step + 1, jax.device_get(metrics))
-    if (step + 1) % config.checkpoint_every == 0 or step + 1 == config.num_steps:
-      nnx.update((model, optimizer), state)
-      ckpt.maybe_save(step + 1, model, optimizer, force=True,
-                      meta={k: float(v) for k, v in jax.device_get(metrics).items()})
+    common.after_step(step, config, state, metrics, writer, ckpt, (model, optimizer))
     if config.eval_every and (step + 1) % config.eval_every == 0:
       nnx.update((model, optimizer), state)
       evaluate_model(model, config, workdir / f"eval_{step + 1}", max_images=config.eval_images)
       model.train()
   ckpt.close()
   nnx.update((model, optimizer), state)
-  return {k: float(v) for k, v in jax.device_get(metrics).items()}
+  return common.floats(metrics)
 
 
 def restore_weights(path: Path, model: eisen.EISEN, config: ml_collections.ConfigDict) -> None:

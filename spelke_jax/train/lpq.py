@@ -224,9 +224,7 @@ def make_train_step(graphdef, kind: str, loss_cfg: dict):
 
 def train(config: ml_collections.ConfigDict, workdir: Path) -> dict:
   mesh, rules = common.setup_mesh(config)
-  if config.batch_size % jax.device_count():
-    raise ValueError(f"batch_size {config.batch_size} must divide over {jax.device_count()} "
-                     "devices")
+  common.check_batch_size(config)
   model = build_model(config)
   optimizer = make_optimizer(model, config)
   ckpt = checkpoints.Checkpointer(workdir / "checkpoints", save_every=config.checkpoint_every,
@@ -236,7 +234,7 @@ def train(config: ml_collections.ConfigDict, workdir: Path) -> dict:
                config.kind, start, config.num_steps, config.batch_size, config.data.crop,
                jax.device_count(), model.config)
   graphdef, state = nnx.split((model, optimizer))
-  state = jax.device_put(state, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
+  state = common.replicate(state, mesh)
   step_fn = make_train_step(graphdef, config.kind, loss_settings(config))
   writer = common.MetricWriter(workdir, config.num_steps)
   data = train_batches(config, start)
@@ -244,17 +242,12 @@ def train(config: ml_collections.ConfigDict, workdir: Path) -> dict:
   for step in range(start, config.num_steps):
     inputs = common.put_batch({"x": next(data)}, mesh, rules)["x"]
     state, metrics = step_fn(state, inputs)
-    if (step + 1) % config.log_every == 0 or step + 1 == config.num_steps:
-      writer.write(step + 1, jax.device_get(metrics))
-    if (step + 1) % config.checkpoint_every == 0 or step + 1 == config.num_steps:
-      nnx.update((model, optimizer), state)
-      ckpt.maybe_save(step + 1, model, optimizer, force=True,
-                      meta={k: float(v) for k, v in jax.device_get(metrics).items()})
+    common.after_step(step, config, state, metrics, writer, ckpt, (model, optimizer))
   ckpt.close()
   nnx.update((model, optimizer), state)
   logging.info("LPQ %s: %d steps in %.1f s", config.kind, config.num_steps - start,
                time.time() - t0)
-  out = {k: float(v) for k, v in jax.device_get(metrics).items()}
+  out = common.floats(metrics)
   if config.export:
     result = evaluate_model(model, config, workdir)
     result["train_seconds"] = time.time() - t0

@@ -217,7 +217,7 @@ def train(config: ml_collections.ConfigDict, workdir: Path) -> dict:
   logging.info("LRAS training from step %d to %d: %s, sequences of %d tokens", start,
                config.num_steps, cfg, 2 * (cfg.frame_0_rgb_pos_range[1]) + 8)
   graphdef, state = nnx.split((model, optimizer))
-  state = jax.device_put(state, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
+  state = common.replicate(state, mesh)
   step_fn = make_train_step(graphdef, rgb_lpq, flow_lpq, cfg, config)
   from spelke_jax.data import pipeline  # pylint: disable=g-import-not-at-top
   d = config.data
@@ -229,20 +229,16 @@ def train(config: ml_collections.ConfigDict, workdir: Path) -> dict:
   writer = common.MetricWriter(workdir, config.num_steps)
   rng = jax.random.key(config.seed)
   metrics = {}
-  for step in range(start, config.num_steps):
+  end = min(config.get("stop_after", 0) or config.num_steps, config.num_steps)
+  for step in range(start, end):
     batch = next(data)
     arrays = common.put_batch({"frame0": batch["frame0"], "flow": batch["flow"]}, mesh, rules)
     state, metrics = step_fn(state, arrays["frame0"], arrays["flow"], jax.random.fold_in(rng, step))
-    if (step + 1) % config.log_every == 0 or step + 1 == config.num_steps:
-      writer.write(step + 1, jax.device_get(metrics))
-    if (step + 1) % config.checkpoint_every == 0 or step + 1 == config.num_steps:
-      nnx.update((model, optimizer), state)
-      ckpt.maybe_save(step + 1, model, optimizer, force=True,
-                      meta={k: float(v) for k, v in jax.device_get(metrics).items()})
+    common.after_step(step, config, state, metrics, writer, ckpt, (model, optimizer), end)
   ckpt.close()
   nnx.update((model, optimizer), state)
   export(model, config, workdir)
-  return {k: float(v) for k, v in jax.device_get(metrics).items()}
+  return common.floats(metrics)
 
 
 def export(model: lras.LRAS, config: ml_collections.ConfigDict, workdir: Path) -> Path:
@@ -257,6 +253,10 @@ def export(model: lras.LRAS, config: ml_collections.ConfigDict, workdir: Path) -
   for name, src in (("rgb_quantizer.pt", config.tokenizers.rgb),
                     ("flow_quantizer.pt", config.tokenizers.flow),
                     ("flow_table.npz", config.tokenizers.flow_table)):
+    if Path(src).is_dir():  # a converted tokenizer (e.g. the shipped one): the original layout
+      from spelke_jax.convert.load import load_converted  # pylint: disable=g-import-not-at-top
+      export_torch(load_converted(src), "lpq", out / name)
+      continue
     tmp = out / f".{name}.tmp-{os.getpid()}"
     shutil.copyfile(src, tmp)
     os.replace(tmp, out / name)

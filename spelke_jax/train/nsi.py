@@ -266,8 +266,7 @@ def evaluate_model(model: nsi.NSI, config, data: clevrtex.CLEVRTexSplit, out: Pa
   masks) and out/slot_attention.png (the last slot-attention iteration's maps)."""
   mcfg = model.config
   _, embed_fn = make_eval_fns(model, mcfg)
-  state = jax.device_put(nnx.state(model), jax.sharding.NamedSharding(
-      mesh, jax.sharding.PartitionSpec()))
+  state = common.replicate(nnx.state(model), mesh)
   t0 = time.time()
   slots, progs, mask, alpha = embed_split(embed_fn, state, data, config, mesh, rules)
   scores = retrieval.score_matrix(slots, progs, mask)
@@ -374,8 +373,7 @@ def train(config: ml_collections.ConfigDict, workdir: Path) -> dict:
 
   model.train()
   graphdef, state = nnx.split((model, optimizer))
-  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-  state = jax.device_put(state, replicated)
+  state = common.replicate(state, mesh)
   step_fn = make_train_step(graphdef, mcfg, config.grad_clip)
   val_loss_fn, _ = make_eval_fns(model, mcfg)
   writer = common.MetricWriter(workdir, total)
@@ -410,14 +408,14 @@ def train(config: ml_collections.ConfigDict, workdir: Path) -> dict:
     val_writer.write(step, {"epoch": epoch + 1, **val, "lr_factor": plateau["decay"]})
     nnx.update((model, optimizer), state)
     meta = {"epoch": epoch + 1, "model_config": mcfg.to_dict(), **plateau,
-            **{f"train_{k}": float(v) for k, v in jax.device_get(metrics).items()}}
+            **{f"train_{k}": v for k, v in common.floats(metrics).items()}}
     ckpt.maybe_save(step, model, optimizer, meta=meta, force=True)
     if improved:
       best_ckpt.maybe_save(step, model, optimizer, meta=meta, force=True)
   ckpt.close()
   best_ckpt.close()
   nnx.update((model, optimizer), state)
-  result = {k: float(v) for k, v in jax.device_get(metrics).items()}
+  result = common.floats(metrics)
   if config.eval_split:
     restore_weights(workdir, model, config, prefer_best=config.eval_best)
     result.update(evaluate_model(model, config, open_split(root, config.eval_split, mcfg),

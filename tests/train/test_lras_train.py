@@ -124,3 +124,42 @@ def test_a_few_steps_reduce_the_loss(restricted):
     state, metrics = step(state, frames, flow, jax.random.key(0))  # same sequences every step
     losses.append(float(metrics["loss"]))
   assert losses[-1] < 0.8 * losses[0], losses
+
+
+def test_train_stop_after_resume_and_export_from_converted_tokenizers(tmp_path):
+  """The trainer on converted (Orbax) tokenizers: stop_after ends a run early with a checkpoint
+  and an export in the original layout; a rerun resumes from that checkpoint."""
+  import json  # pylint: disable=g-import-not-at-top
+  from spelke_jax import config_files  # pylint: disable=g-import-not-at-top
+  from spelke_jax.convert.load import load_torch  # pylint: disable=g-import-not-at-top
+  from spelke_jax.convert.save import save_converted  # pylint: disable=g-import-not-at-top
+  from spelke_jax.inference import spelkenet_model  # pylint: disable=g-import-not-at-top
+  _, rgb_lpq, flow_lpq, table, no_motion = spelkenet_model.build_tiny(seed=0)
+  save_converted(rgb_lpq, "lpq", tmp_path / "rgb")
+  save_converted(flow_lpq, "lpq", tmp_path / "flow")
+  spelkenet_model.write_flow_table(tmp_path / "table.npz", table, no_motion)
+  c = config_files.load("configs/train_lras_synth.py")
+  c.model.update(n_layer=1, n_head=2, n_embd=32)
+  c.tokenizers.update(rgb=str(tmp_path / "rgb"), flow=str(tmp_path / "flow"),
+                      flow_table=str(tmp_path / "table.npz"))
+  c.data.resolution = 32
+  c.batch_size = 8
+  c.num_steps = 6
+  c.stop_after = 2
+  c.log_every = 1
+  c.checkpoint_every = 4
+  wd = tmp_path / "run"
+  trainer.train(c, wd)
+  rows = [json.loads(l) for l in (wd / "train_metrics.jsonl").read_text().splitlines()]
+  assert [r["step"] for r in rows] == [1, 2]
+  assert sorted(p.name for p in (wd / "checkpoints").iterdir() if p.name.isdigit()) == ["2"]
+  exported = load_torch(wd / "export" / "rgb_quantizer.pt", "lpq")
+  for (p, a), (_, b) in zip(nnx.to_flat_state(nnx.state(rgb_lpq)),
+                            nnx.to_flat_state(nnx.state(exported))):
+    np.testing.assert_array_equal(np.asarray(a[...]), np.asarray(b[...]), err_msg=str(p))
+  model = load_torch(wd / "export" / "lras.pt", "lras")
+  assert model.config.n_embd == 32
+  c.stop_after = 0
+  trainer.train(c, wd)  # resumes at step 2 and runs to num_steps
+  rows = [json.loads(l) for l in (wd / "train_metrics.jsonl").read_text().splitlines()]
+  assert [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6]
