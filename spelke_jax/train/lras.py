@@ -214,8 +214,9 @@ def train(config: ml_collections.ConfigDict, workdir: Path) -> dict:
   optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
   ckpt = checkpoints.Checkpointer(workdir / "checkpoints", save_every=config.checkpoint_every)
   start = ckpt.restore_latest(model, optimizer)
-  logging.info("LRAS training from step %d to %d: %s, sequences of %d tokens", start,
-               config.num_steps, cfg, 2 * (cfg.frame_0_rgb_pos_range[1]) + 8)
+  end = min(config.get("stop_after", 0) or config.num_steps, config.num_steps)
+  logging.info("LRAS training from step %d to %d (schedule of %d steps): %s, sequences of %d "
+               "tokens", start, end, config.num_steps, cfg, 2 * (cfg.frame_0_rgb_pos_range[1]) + 8)
   graphdef, state = nnx.split((model, optimizer))
   state = common.replicate(state, mesh)
   step_fn = make_train_step(graphdef, rgb_lpq, flow_lpq, cfg, config)
@@ -229,7 +230,6 @@ def train(config: ml_collections.ConfigDict, workdir: Path) -> dict:
   writer = common.MetricWriter(workdir, config.num_steps)
   rng = jax.random.key(config.seed)
   metrics = {}
-  end = min(config.get("stop_after", 0) or config.num_steps, config.num_steps)
   for step in range(start, end):
     batch = next(data)
     arrays = common.put_batch({"frame0": batch["frame0"], "flow": batch["flow"]}, mesh, rules)

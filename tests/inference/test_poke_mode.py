@@ -1,4 +1,4 @@
-"""The poke mode end to end on the embedded model, and its input errors."""
+"""The poke mode end to end on the shipped (96-px) model, and its input errors."""
 from __future__ import annotations
 
 import subprocess
@@ -30,12 +30,14 @@ def test_poke_mode_writes_pngs_and_arrays(tmp_path):
   wd = tmp_path / "wd"
   for name in ("affordance.png", "displacement.png", "correlation.png", "segment.png"):
     with Image.open(wd / name) as png:
-      assert png.size[0] >= 256 and png.size[1] == 256
+      assert png.size[0] >= 2 * 96 and png.size[1] == 96  # image | map at the model's size
   with np.load(wd / "poke.npz") as z:
-    assert z["segment"].shape == (256, 256) and z["segment"].dtype == bool
-    assert z["affordance"].shape == (32, 32)
-    # 300x400 -> 256x341 -> centre crop: x 200 -> 200*341/400 - 42 = 128.5; y 150 -> 128.
-    np.testing.assert_allclose(z["point"], [200 * 341 / 400 - 42, 128], atol=0.01)
+    assert z["segment"].shape == (96, 96) and z["segment"].dtype == bool
+    assert z["image"].shape == (96, 96, 3)
+    assert z["affordance"].shape == (12, 12)  # one value per 8-px patch
+    # 300x400 -> 96x128 -> centre crop (16 px off each side): x 200 -> 200*128/400 - 16 = 48;
+    # y 150 -> 150*96/300 = 48.
+    np.testing.assert_allclose(z["point"], [48, 48], atol=0.01)
   assert not list(wd.glob(".*tmp*"))
 
 
