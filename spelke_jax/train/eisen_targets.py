@@ -577,30 +577,52 @@ def build_targets(kind: str, batch: Mapping[str, Any], *, teacher=None, key: jax
   thr = float(_cfg(config, "flow_threshold", 0.5))
   if kind == "motion":
     return motion_target(flow, thr)
-  min_area = int(_cfg(config, "min_area", 20))
-  seg_kw = dict(num_masks=int(_cfg(config, "num_masks", 32)), rounds=int(_cfg(config, "rounds", 3)),
-                min_area=min_area, threshold=thr,
-                grid=tuple(int(g) for g in _cfg(config, "flow_grid", (8, 8))),
-                max_flow=_cfg(config, "max_flow", None))
-  k_motion, k_meta, k_conf = jax.random.split(key, 3)
-  _, fh, fw, _ = flow.shape
   if kind == "motion_segments":
+    _, fh, fw, _ = flow.shape
     stride = int(_cfg(config, "stride", 4))
     if stride < 1:
       raise ValueError(f"stride must be >= 1, got {stride}")
     small = resize_flow_nearest(flow, -(-fh // stride), -(-fw // stride))
-    return connectivity_ids(motion_segments(small, key=k_motion, **seg_kw))
-  if teacher is None:
-    raise ValueError("targets kind 'explain_away' needs a frozen teacher model")
-  images = batch.get("image", batch.get("frame0"))
-  if images is None:
-    raise ValueError("targets kind 'explain_away' needs the batch's 'image' [B, H, W, 3]")
-  tcfg = getattr(teacher, "config", None)
-  meta, idx, (h, w) = _teacher_meta(teacher, images, int(_cfg(config, "teacher_runs", 5)),
-                                     k_meta, tcfg, None)
-  conf = confident_segments(meta, idx, key=k_conf, h=h, w=w, min_area=min_area, config=tcfg)
-  small = resize_flow_nearest(flow, h, w)
-  motion = motion_segments(small, key=k_motion, **seg_kw)
+    k_motion = jax.random.split(key, 3)[0]
+    return connectivity_ids(motion_segments(small, key=k_motion, **_segment_kwargs(config)))
+  motion, conf = explain_away_inputs(teacher, batch, key=key, config=config)
+  min_area = int(_cfg(config, "min_area", 20))
   return explain_away(motion, conf, min_overlap=int(_cfg(config, "min_overlap", min_area)),
                       unexplained=str(_cfg(config, "unexplained", "nearest")),
                       static=str(_cfg(config, "static", "ignore")))
+
+
+def _segment_kwargs(config) -> dict[str, Any]:
+  """motion_segments settings from the trainer's `config.targets` (defaults as in build_targets)."""
+  return dict(num_masks=int(_cfg(config, "num_masks", 32)), rounds=int(_cfg(config, "rounds", 3)),
+              min_area=int(_cfg(config, "min_area", 20)),
+              threshold=float(_cfg(config, "flow_threshold", 0.5)),
+              grid=tuple(int(g) for g in _cfg(config, "flow_grid", (8, 8))),
+              max_flow=_cfg(config, "max_flow", None))
+
+
+def explain_away_inputs(teacher, batch: Mapping[str, Any], *, key: jax.Array,
+                        config=None) -> tuple[np.ndarray, np.ndarray]:
+  """The two inputs of `explain_away` for a batch, as `build_targets('explain_away', ...)`
+  computes them with the same key: (motion segments S, the teacher's confident segments T), both
+  int32 [B, h, w] at the teacher's map size (0 = static / not confident).
+
+  batch: {'flow': [B, H, W, 2] px, 'image' (or 'frame0'): uint8 [B, H, W, 3]}; teacher: the
+  frozen round-(k-1) model; config: the trainer's `config.targets` (see build_targets)."""
+  if teacher is None:
+    raise ValueError("targets kind 'explain_away' needs a frozen teacher model")
+  if "flow" not in batch:
+    raise ValueError("the batch needs 'flow' [B, H, W, 2] px")
+  flow = _check_flow(batch["flow"])
+  images = batch.get("image", batch.get("frame0"))
+  if images is None:
+    raise ValueError("targets kind 'explain_away' needs the batch's 'image' [B, H, W, 3]")
+  k_motion, k_meta, k_conf = jax.random.split(key, 3)
+  tcfg = getattr(teacher, "config", None)
+  meta, idx, (h, w) = _teacher_meta(teacher, images, int(_cfg(config, "teacher_runs", 5)),
+                                     k_meta, tcfg, None)
+  conf = confident_segments(meta, idx, key=k_conf, h=h, w=w,
+                            min_area=int(_cfg(config, "min_area", 20)), config=tcfg)
+  small = resize_flow_nearest(flow, h, w)
+  motion = motion_segments(small, key=k_motion, **_segment_kwargs(config))
+  return np.asarray(motion, np.int32), np.asarray(conf, np.int32)
