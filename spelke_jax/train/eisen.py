@@ -151,8 +151,10 @@ def train(config: ml_collections.ConfigDict, workdir: Path) -> dict:
   ckpt = checkpoints.Checkpointer(workdir / "checkpoints", save_every=config.checkpoint_every,
                                   max_to_keep=config.keep_checkpoints)
   start = ckpt.restore_latest(model, optimizer)
-  if start == 0 and teacher is not None:  # a bootstrapping round starts from its teacher
-    restore_weights(Path(config.teacher), model, config)
+  init_from = config.get("init_from", "") or (config.teacher if teacher is not None else "")
+  if start == 0 and init_from:  # fine-tuning; a bootstrapping round starts from its teacher
+    restore_weights(Path(init_from), model, config)
+    logging.info("EISEN weights initialised from %s", init_from)
   logging.info("EISEN training from step %d to %d (batch %d, %d devices, targets %s)", start,
                config.num_steps, config.batch_size, jax.device_count(), config.targets.kind)
 

@@ -25,6 +25,8 @@ def base(mode: str = "train") -> ml_collections.ConfigDict:
       cache_batches=0))              # > 0: precompute the targets of that many batches once
                                      # and cycle over them (train/eisen_target_cache.py)
   c.teacher = ""                     # a round-1 training workdir, for targets.kind=explain_away
+  c.init_from = ""                   # weights to start from (a workdir or a converted export);
+                                     # "" = random init, or the teacher's for explain_away
   c.batch_size = 8
   c.num_steps = 200_000
   c.lr = 5e-4                        # the code's value (the paper states 0.005)

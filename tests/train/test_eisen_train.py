@@ -114,3 +114,22 @@ def test_round2_with_a_target_cache(tmp_path):
   with pytest.raises(ValueError, match="other settings"):
     trainer.train(_config(targets=dict(targets, min_area=3), teacher=str(teacher), num_steps=4),
                   wd)
+
+
+def test_init_from_starts_from_those_weights(tmp_path):
+  """--config.init_from: a run starts from another run's weights (lr 0 keeps them exactly);
+  without it the same run starts from the random init."""
+  trainer.train(_config(num_steps=1, checkpoint_every=1), tmp_path / "source")
+
+  def params(path):
+    model = trainer.build_model(_config())
+    trainer.restore_weights(path, model, _config())
+    return {p: np.asarray(v[...]) for p, v in nnx.to_flat_state(nnx.state(model, nnx.Param))}
+
+  trainer.train(_config(num_steps=1, checkpoint_every=1, lr=0.0,
+                        init_from=str(tmp_path / "source")), tmp_path / "tuned")
+  trainer.train(_config(num_steps=1, checkpoint_every=1, lr=0.0), tmp_path / "scratch")
+  src, tuned, scratch = (params(tmp_path / n) for n in ("source", "tuned", "scratch"))
+  for k in src:
+    np.testing.assert_array_equal(tuned[k], src[k], err_msg=str(k))
+  assert any(not np.array_equal(scratch[k], src[k]) for k in src)
