@@ -34,7 +34,8 @@ def get_config(arg=None):
       flow_table=str(SHIPPED / "flow_table.npz")))
   c.data = ml_collections.ConfigDict(dict(
       resolution=96, seed=0,
-      scene_kwargs=ml_collections.ConfigDict(dict(camera_prob=0.0))))
+      # synthetic.make_scene arguments (p_move, agent_prob: the generator's defaults)
+      scene_kwargs=ml_collections.ConfigDict(dict(camera_prob=0.0, p_move=0.5, agent_prob=0.3))))
   c.probe_order_prob = 0.5           # flow order as probing asks (corners, a poke, the rest)
   c.frame0_loss_weight = 0.1         # weight of frame-0 code prediction vs flow codes (1.0)
   c.restricted_softmax = True        # softmax over the target's own code range (train/lras.py)
