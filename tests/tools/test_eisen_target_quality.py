@@ -1,52 +1,32 @@
-"""tools/eisen_target_quality.py: scores targets against the scenes' ids, writes the table."""
+"""tools/eisen_target_quality.py from the command line: writes target_quality.{json,md}."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
-import jax
-import numpy as np
-import pytest
-
-from spelke_jax.data import pipeline
-from spelke_jax.evals.pair_errors import pair_errors
-from spelke_jax.models import eisen
 from spelke_jax.train import eisen as trainer
-from spelke_jax.train import eisen_targets
 from tests.train.test_eisen_train import _config
-from tools import eisen_target_quality
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_scores_match_a_direct_count_and_files_are_written(tmp_path):
+def test_tool_writes_the_table(tmp_path):
   teacher = tmp_path / "round1"
   trainer.train(_config(num_steps=1, checkpoint_every=1), teacher)
-  targets = dict(_config().targets.to_dict(), kind="explain_away", min_area=2, teacher_runs=1)
-  config = _config(targets=targets, teacher=str(teacher))
-  # min_overlap 10**6: no confident segment is a part, nothing is explained away.
-  result = eisen_target_quality.target_quality(config, 5, 1, [2, 10 ** 6], ["nearest"])
-  assert result["num_images"] == 8
-  rows = result["targets"]
-  motion = rows["motion segments (round 1)"]
-  assert rows["explain away, min_overlap=1000000, unexplained=nearest"] == motion
-
-  # The motion row by hand: the same inputs, key(0), pair errors over moving pixels.
-  model = trainer.build_model(config)
-  trainer.restore_weights(teacher, model, config)
-  model.eval()
-  batch = next(pipeline.make_synthetic_stream(5, 32, 8, num_batches=1))
-  m, _ = eisen_targets.explain_away_inputs(model, batch, key=jax.random.key(0),
-                                           config=config.targets)
-  gt = np.asarray(eisen.nearest_resize_labels(batch["instance_ids"], *m.shape[1:]))
-  errs = [(bool(batch["agent_id"][b] > 0), pair_errors(m[b], gt[b], m[b] > 0))
-          for b in range(8) if (m[b] > 0).any()]
-  for name, want in (("agent", True), ("other", False)):
-    sel = [e for a, e in errs if a == want]
-    assert motion[name]["images"] == len(sel)
-    if sel:
-      assert motion[name]["merge"] == pytest.approx(np.mean([e[0] for e in sel]))
-      assert motion[name]["split"] == pytest.approx(np.mean([e[1] for e in sel]))
-
-  text = eisen_target_quality.markdown(result)
-  data_rows = [l for l in text.splitlines() if l.startswith("| ")][1:]  # after the header
-  assert len(data_rows) == 4 and data_rows[-1].startswith("| teacher's confident segments")
-  with pytest.raises(ValueError, match="teacher"):
-    eisen_target_quality.target_quality(_config(), 5, 1, [2], ["nearest"])
+  out = tmp_path / "quality"
+  cmd = [sys.executable, "tools/eisen_target_quality.py", "--config=configs/eisen_synth.py:round2",
+         f"--config.teacher={teacher}", "--config.model.backbone=tiny",
+         "--config.model.local_window_size=5", "--config.model.num_affinity_samples=48",
+         "--config.data.resolution=32", "--config.targets.min_area=2",
+         "--config.targets.teacher_runs=1", "--seed=5", "--num_batches=1", "--min_overlap=2",
+         f"--out={out}"]
+  res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+  assert res.returncode == 0, res.stderr[-3000:]
+  saved = json.loads((out / "target_quality.json").read_text())
+  assert saved["num_images"] == 8 and saved["seed"] == 5
+  assert list(saved["targets"]) == ["motion segments (round 1)",
+                                    "explain away, min_overlap=2, unexplained=nearest"]
+  assert (out / "target_quality.md").read_text() in res.stdout
+  assert not list(out.glob(".*tmp*"))

@@ -1,0 +1,95 @@
+"""EISEN's training targets scored against ground-truth ids (tools/eisen_target_quality.py).
+
+Round-1 motion targets, explaining-away targets (several settings) and the frozen teacher's
+confident segments are compared at the teacher's affinity map with the synthetic scenes'
+instance ids (nearest-subsampled), as ordered pixel pairs merged across / split within objects
+(evals/pair_errors.py), over the moving pixels of the motion segments, averaged over images,
+separately for scenes with and without an agent.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import jax
+import numpy as np
+from absl import logging
+
+from spelke_jax.data import pipeline
+from spelke_jax.evals.pair_errors import pair_errors
+from spelke_jax.models import eisen
+from spelke_jax.train import eisen as trainer
+from spelke_jax.train import eisen_targets
+
+
+def score_targets(rows: list[dict]) -> dict:
+  """rows of {agent: bool, merge, split} -> mean merge / split for agent / other scenes."""
+  out = {}
+  for name, want in (("agent", True), ("other", False)):
+    sel = [r for r in rows if r["agent"] == want]
+    out[name] = {"images": len(sel),
+                 "merge": float(np.mean([r["merge"] for r in sel])) if sel else float("nan"),
+                 "split": float(np.mean([r["split"] for r in sel])) if sel else float("nan")}
+  return out
+
+
+def target_quality(config, seed: int, num_batches: int, min_overlaps, unexplained_modes) -> dict:
+  """Scores motion targets, the teacher's confident segments and explaining-away targets on
+  `num_batches` synthetic batches of `seed`; returns {'targets': {name: scores}, 'teacher': ...}."""
+
+  if not config.get("teacher"):
+    raise ValueError("needs --config.teacher=<a round-1 EISEN run or export>")
+  teacher = trainer.build_model(config)
+  trainer.restore_weights(Path(config.teacher), teacher, config)
+  teacher.eval()
+  variants = {"motion segments (round 1)": None}
+  for mo in min_overlaps:
+    for un in unexplained_modes:
+      variants[f"explain away, min_overlap={int(mo)}, unexplained={un}"] = (int(mo), un)
+  rows = {name: [] for name in variants}
+  conf_rows = []
+  stream = pipeline.make_synthetic_stream(seed, int(config.data.resolution),
+                                          int(config.batch_size), num_batches=num_batches)
+  for bi, batch in enumerate(stream):
+    motion, conf = eisen_targets.explain_away_inputs(teacher, batch, key=jax.random.key(bi),
+                                                     config=config.targets)
+    _, h, w = motion.shape
+    gt = np.asarray(eisen.nearest_resize_labels(batch["instance_ids"], h, w))
+    agent = np.asarray(batch["agent_id"]) > 0
+    for name, v in variants.items():
+      if v is None:
+        ids = np.asarray(eisen_targets.connectivity_ids(motion))
+      else:
+        ids = np.asarray(eisen_targets.explain_away(motion, conf, min_overlap=v[0],
+                                                    unexplained=v[1]))
+      for b in range(len(ids)):
+        moving = motion[b] > 0
+        if moving.any():
+          m, s = pair_errors(ids[b], gt[b], moving)
+          rows[name].append({"agent": bool(agent[b]), "merge": m, "split": s})
+    for b in range(len(conf)):
+      sure = conf[b] > 0
+      m, s = pair_errors(conf[b], gt[b], sure)
+      conf_rows.append({"agent": bool(agent[b]), "merge": m, "split": s,
+                        "coverage": float(sure.mean()),
+                        "segments": int(len(np.unique(conf[b][sure])))})
+    logging.info("target quality: batch %d / %d", bi + 1, num_batches)
+  teacher_scores = score_targets(conf_rows)
+  teacher_scores["coverage"] = float(np.mean([r["coverage"] for r in conf_rows]))
+  teacher_scores["segments_per_image"] = float(np.mean([r["segments"] for r in conf_rows]))
+  return {"seed": seed, "num_images": len(conf_rows),
+          "targets": {name: score_targets(r) for name, r in rows.items()},
+          "teacher_confident_segments": teacher_scores}
+
+
+def markdown(result: dict) -> str:
+  lines = ["| target | agent scenes merge / split | other scenes merge / split |",
+           "|---|---|---|"]
+  for name, s in list(result["targets"].items()) + [
+      ("teacher's confident segments (over their pixels)", result["teacher_confident_segments"])]:
+    lines.append(f"| {name} | {s['agent']['merge']:.3f} / {s['agent']['split']:.3f} | "
+                 f"{s['other']['merge']:.3f} / {s['other']['split']:.3f} |")
+  t = result["teacher_confident_segments"]
+  lines.append("")
+  lines.append(f"{result['num_images']} images of seed {result['seed']}; confident segments "
+               f"cover {t['coverage']:.2f} of the map, {t['segments_per_image']:.1f} per image.")
+  return "\n".join(lines) + "\n"
