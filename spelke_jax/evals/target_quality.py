@@ -21,14 +21,33 @@ from spelke_jax.train import eisen as trainer
 from spelke_jax.train import eisen_targets
 
 
+def agent_merges(target_ids, gt_ids, valid, agent_id: int) -> float:
+  """The part of pair_errors' `merged` whose pairs include a pixel of the agent (ground-truth id
+  `agent_id`; 0 = no agent -> 0.0), as a fraction of all ordered pairs of valid pixels."""
+  valid = np.asarray(valid, bool)
+  n = int(valid.sum())
+  if agent_id == 0 or n == 0:
+    return 0.0
+  rest = valid & (np.asarray(gt_ids) != agent_id)
+  merged_all = pair_errors(target_ids, gt_ids, valid)[0]
+  merged_rest = pair_errors(target_ids, gt_ids, rest)[0] * (int(rest.sum()) / n) ** 2
+  return merged_all - merged_rest
+
+
+def _mean(rows, key):
+  return float(np.mean([r[key] for r in rows])) if rows else float("nan")
+
+
 def score_targets(rows: list[dict]) -> dict:
-  """rows of {agent: bool, merge, split} -> mean merge / split for agent / other scenes."""
+  """rows of {agent: bool, merge, split[, merge_with_agent]} -> their means for agent / other
+  scenes (merge_with_agent: agent scenes only)."""
   out = {}
   for name, want in (("agent", True), ("other", False)):
     sel = [r for r in rows if r["agent"] == want]
-    out[name] = {"images": len(sel),
-                 "merge": float(np.mean([r["merge"] for r in sel])) if sel else float("nan"),
-                 "split": float(np.mean([r["split"] for r in sel])) if sel else float("nan")}
+    out[name] = {"images": len(sel), "merge": _mean(sel, "merge"), "split": _mean(sel, "split")}
+  with_agent = [r for r in rows if r["agent"] and "merge_with_agent" in r]
+  if with_agent:
+    out["agent"]["merge_with_agent"] = _mean(with_agent, "merge_with_agent")
   return out
 
 
@@ -54,7 +73,8 @@ def target_quality(config, seed: int, num_batches: int, min_overlaps, unexplaine
                                                      config=config.targets)
     _, h, w = motion.shape
     gt = np.asarray(eisen.nearest_resize_labels(batch["instance_ids"], h, w))
-    agent = np.asarray(batch["agent_id"]) > 0
+    agent_ids = np.asarray(batch["agent_id"]).astype(np.int64)
+    agent = agent_ids > 0
     for name, v in variants.items():
       if v is None:
         ids = np.asarray(eisen_targets.connectivity_ids(motion))
@@ -65,7 +85,9 @@ def target_quality(config, seed: int, num_batches: int, min_overlaps, unexplaine
         moving = motion[b] > 0
         if moving.any():
           m, s = pair_errors(ids[b], gt[b], moving)
-          rows[name].append({"agent": bool(agent[b]), "merge": m, "split": s})
+          rows[name].append({"agent": bool(agent[b]), "merge": m, "split": s,
+                             "merge_with_agent": agent_merges(ids[b], gt[b], moving,
+                                                              int(agent_ids[b]))})
     for b in range(len(conf)):
       sure = conf[b] > 0
       m, s = pair_errors(conf[b], gt[b], sure)
@@ -82,11 +104,14 @@ def target_quality(config, seed: int, num_batches: int, min_overlaps, unexplaine
 
 
 def markdown(result: dict) -> str:
-  lines = ["| target | agent scenes merge / split | other scenes merge / split |",
+  """The result as a markdown table (merges that involve the agent in brackets) and a summary."""
+  lines = ["| target | agent scenes merge (with the agent) / split | other scenes merge / split |",
            "|---|---|---|"]
   for name, s in list(result["targets"].items()) + [
       ("teacher's confident segments (over their pixels)", result["teacher_confident_segments"])]:
-    lines.append(f"| {name} | {s['agent']['merge']:.3f} / {s['agent']['split']:.3f} | "
+    a = s["agent"]
+    with_agent = f" ({a['merge_with_agent']:.3f})" if "merge_with_agent" in a else ""
+    lines.append(f"| {name} | {a['merge']:.3f}{with_agent} / {a['split']:.3f} | "
                  f"{s['other']['merge']:.3f} / {s['other']['split']:.3f} |")
   t = result["teacher_confident_segments"]
   lines.append("")

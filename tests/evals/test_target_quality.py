@@ -14,6 +14,24 @@ from spelke_jax.train import eisen_targets
 from tests.train.test_eisen_train import _config
 
 
+def test_agent_merges_counts_pairs_with_an_agent_pixel():
+  t = np.array([[5, 5, 5, 5]])
+  g = np.array([[1, 1, 2, 3]])
+  valid = np.ones(t.shape, bool)
+  assert eisen_target_quality.agent_merges(t, g, valid, 3) == pytest.approx(6 / 16)
+  assert eisen_target_quality.agent_merges(t, g, valid, 0) == 0.0
+  rng = np.random.default_rng(1)
+  for _ in range(50):  # against the pairwise count
+    t = rng.integers(0, 3, (5, 5))
+    g = rng.integers(0, 4, (5, 5))
+    valid = rng.random((5, 5)) < 0.8
+    a, b = t[valid], g[valid]
+    merged = (a[:, None] == a[None]) & (a[:, None] > 0) & (b[:, None] != b[None])
+    with_agent = merged & ((b[:, None] == 2) | (b[None] == 2))
+    want = with_agent.sum() / max(a.size, 1) ** 2
+    assert eisen_target_quality.agent_merges(t, g, valid, 2) == pytest.approx(want)
+
+
 def test_scores_match_a_direct_count(tmp_path):
   teacher = tmp_path / "round1"
   trainer.train(_config(num_steps=1, checkpoint_every=1), teacher)
@@ -42,6 +60,8 @@ def test_scores_match_a_direct_count(tmp_path):
     if sel:
       assert motion[name]["merge"] == pytest.approx(np.mean([e[0] for e in sel]))
       assert motion[name]["split"] == pytest.approx(np.mean([e[1] for e in sel]))
+  if motion["agent"]["images"]:
+    assert 0.0 <= motion["agent"]["merge_with_agent"] <= motion["agent"]["merge"] + 1e-12
 
   text = eisen_target_quality.markdown(result)
   data_rows = [l for l in text.splitlines() if l.startswith("| ")][1:]  # after the header
