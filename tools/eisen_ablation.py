@@ -16,15 +16,11 @@ from pathlib import Path
 from absl import app, flags
 from ml_collections import config_flags
 
+from spelke_jax.evals.viz import save_text
+
 _CONFIG = config_flags.DEFINE_config_file("config", None, "EISEN config file, e.g. configs/eisen_synth.py.")
 _ITERS = flags.DEFINE_list("iters", ["1", "10", "20", "40"], "KProp iterations to evaluate.")
 _OUT = flags.DEFINE_string("out", None, "Output directory.", required=True)
-
-
-def write_text(path: Path, text: str) -> None:
-  tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-  tmp.write_text(text)
-  os.replace(tmp, path)
 
 
 def plot_png(path: Path, xs, ys, title: str) -> None:
@@ -71,8 +67,8 @@ def ablation(config, iters, out: Path) -> list[dict]:
                  "mIoU_agent_scenes": m["mIoU_agent_scenes"]})
   table = ["| KProp iterations | matched mIoU | agent scenes |", "|---|---|---|"] + [
       f"| {r['kprop_iters']} | {r['mIoU']:.4f} | {r['mIoU_agent_scenes']:.4f} |" for r in rows]
-  write_text(out / "ablation.json", json.dumps(rows, indent=2))
-  write_text(out / "ablation.md", "\n".join(table) + "\n")
+  save_text(out / "ablation.json", json.dumps(rows, indent=2))
+  save_text(out / "ablation.md", "\n".join(table) + "\n")
   plot_png(out / "ablation.png", [r["kprop_iters"] for r in rows], [r["mIoU"] for r in rows],
            "EISEN: matched mIoU vs KProp iterations")
   print("\n".join(table))

@@ -18,13 +18,13 @@ Writes target_quality.{json,md} under --out.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 from absl import app, flags
 from ml_collections import config_flags
 
 from spelke_jax.evals.target_quality import markdown, target_quality
+from spelke_jax.evals.viz import save_text
 
 _CONFIG = config_flags.DEFINE_config_file("config", None,
                                           "EISEN config with --config.teacher (a round-1 run).")
@@ -37,12 +37,6 @@ _UNEXPLAINED = flags.DEFINE_list("unexplained", ["nearest"],
 _OUT = flags.DEFINE_string("out", None, "Output directory.", required=True)
 
 
-def _write_text(path: Path, text: str) -> None:
-  tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-  tmp.write_text(text)
-  os.replace(tmp, path)
-
-
 def main(argv):
   del argv
   if _CONFIG.value is None:
@@ -51,9 +45,9 @@ def main(argv):
                           _UNEXPLAINED.value)
   out = Path(_OUT.value)
   out.mkdir(parents=True, exist_ok=True)
-  _write_text(out / "target_quality.json", json.dumps(result, indent=2))
+  save_text(out / "target_quality.json", json.dumps(result, indent=2))
   text = markdown(result)
-  _write_text(out / "target_quality.md", text)
+  save_text(out / "target_quality.md", text)
   print(text)
 
 

@@ -136,3 +136,16 @@ def save_png(path: str | os.PathLike, image) -> Path:
     tmp.unlink(missing_ok=True)
     raise
   return path
+
+
+def save_text(path: str | os.PathLike, text: str) -> Path:
+  """Writes `text` atomically: to `.<name>.tmp-<pid>` beside `path`, then os.replace."""
+  path = Path(path)
+  tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+  try:
+    tmp.write_text(text)
+    os.replace(tmp, path)
+  except BaseException:
+    tmp.unlink(missing_ok=True)
+    raise
+  return path
