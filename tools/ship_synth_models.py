@@ -6,14 +6,17 @@
 Writes (each to a temporary name, renamed when complete):
   synth_eval<R>.h5      the held-out sets (seed 7, 40 scenes; R = each model's resolution)
   synth_spelkenet/      lras/, rgb_quantizer/, flow_quantizer/ (converted Orbax directories;
-                        the transformer stored in bfloat16, the tokenizers as trained),
+                        stored as --store_dtype / --tokenizer_store_dtype),
                         flow_table.npz, reference_metrics.json
-  synth_eisen/          converted Orbax directory (bfloat16), reference_metrics.json
+  synth_eisen/          converted Orbax directory (--store_dtype), reference_metrics.json
 reference_metrics.json holds what the default commands print on the shipped set (computed here
-from the shipped files, after the bfloat16 rounding) with per-image rows;
+from the shipped files, after the storage rounding) with per-image rows;
 tests/test_shipped_models.py checks that the shipped files still reproduce them.
 --spelkenet is a LRAS trainer's export/ (lras.pt, rgb_quantizer.pt, flow_quantizer.pt,
-flow_table.npz); --eisen an EISEN training workdir. Either may be left out.
+flow_table.npz) or an already shipped synth_spelkenet/; --eisen an EISEN training workdir or an
+already shipped synth_eisen/ (to re-store shipped models, e.g. as int8:
+`--spelkenet=assets/synth_spelkenet --eisen=assets/synth_eisen --store_dtype=int8
+--tokenizer_store_dtype=int8`). Either may be left out.
 """
 from __future__ import annotations
 
@@ -30,8 +33,12 @@ _EISEN = flags.DEFINE_string("eisen", "", "EISEN training workdir.")
 _OUT = flags.DEFINE_string("out", "assets", "Output directory.")
 _SEED = flags.DEFINE_integer("seed", 7, "Seed of the held-out set.")
 _NUM = flags.DEFINE_integer("num", 40, "Scenes in the held-out set.")
-_STORE_DTYPE = flags.DEFINE_string("store_dtype", "bfloat16",
-                                   "Storage dtype of the transformer and EISEN ('' = as trained).")
+_STORE_DTYPE = flags.DEFINE_string(
+    "store_dtype", "bfloat16",
+    "Storage of the transformer and EISEN: a float dtype, 'int8' (per-channel weight "
+    "quantization, spelke_jax/convert/int8.py) or '' (as trained).")
+_TOKENIZER_STORE_DTYPE = flags.DEFINE_string("tokenizer_store_dtype", "",
+                                             "Storage of the two LPQ tokenizers (same choices).")
 _NOTE = flags.DEFINE_string("note", "", "Provenance text stored with the metrics (commands, steps).")
 
 
@@ -58,7 +65,7 @@ def write_json(path: Path, obj: dict) -> None:
 def ship_spelkenet(src: Path, out: Path) -> dict:
   import ml_collections  # pylint: disable=g-import-not-at-top
   from spelke_jax import config_files  # pylint: disable=g-import-not-at-top
-  from spelke_jax.convert.load import load_torch  # pylint: disable=g-import-not-at-top
+  from spelke_jax.convert.load import load_converted, load_torch  # pylint: disable=g-import-not-at-top
   from spelke_jax.convert.save import save_converted  # pylint: disable=g-import-not-at-top
   from spelke_jax.evals import run_spelkebench  # pylint: disable=g-import-not-at-top
   from spelke_jax.inference import spelkenet_model  # pylint: disable=g-import-not-at-top
@@ -67,11 +74,15 @@ def ship_spelkenet(src: Path, out: Path) -> dict:
   tmp = out / f".{dest.name}.tmp-{os.getpid()}"
   shutil.rmtree(tmp, ignore_errors=True)
   tmp.mkdir(parents=True)
-  lras = load_torch(src / "lras.pt", "lras")
+  def load(name, system):  # a converted directory (shipped layout) or the trainer's .pt
+    return load_converted(src / name) if (src / name).is_dir() else load_torch(
+        src / f"{name}.pt", system)
+  lras = load("lras", "lras")
   save_converted(lras, "lras", tmp / "lras", store_dtype=_STORE_DTYPE.value or None,
                  source="LRAS trained on the synthetic Spelke world (configs/train_lras_synth.py)")
   for name in ("rgb_quantizer", "flow_quantizer"):
-    save_converted(load_torch(src / f"{name}.pt", "lpq"), "lpq", tmp / name,
+    save_converted(load(name, "lpq"), "lpq", tmp / name,
+                   store_dtype=_TOKENIZER_STORE_DTYPE.value or None,
                    source=f"LPQ trained on the synthetic Spelke world (configs/train_lpq_synth.py)")
   shutil.copy(src / "flow_table.npz", tmp / "flow_table.npz")
   if dest.exists():
@@ -100,7 +111,11 @@ def ship_eisen(workdir: Path, out: Path) -> dict:
   from spelke_jax.convert.save import save_converted  # pylint: disable=g-import-not-at-top
   from spelke_jax.train import eisen as trainer  # pylint: disable=g-import-not-at-top
 
-  config = ml_collections.ConfigDict(json.loads((workdir / "train_config.json").read_text()))
+  from spelke_jax.convert.convert import CONFIG_FILE  # pylint: disable=g-import-not-at-top
+  if (workdir / CONFIG_FILE).exists():  # an already converted (shipped) EISEN
+    config = config_files.load("configs/eisen_synth.py")
+  else:
+    config = ml_collections.ConfigDict(json.loads((workdir / "train_config.json").read_text()))
   model = trainer.build_model(config)
   trainer.restore_weights(workdir, model, config)
   dest = out / "synth_eisen"

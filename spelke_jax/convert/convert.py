@@ -3,8 +3,12 @@
     convert_checkpoint("SpelkeNet1B.pt", "out/spelkenet_1b", system="lras")
 
 Output directory layout (written under a temporary name, renamed when complete):
-    <out>/config.json   {"system", "model_config", "source", "format_version"}
+    <out>/config.json   {"system", "model_config", "source", "format_version"[, "store_dtype",
+                         "int8_variables"]}
     <out>/params/       Orbax checkpoint of the parameter tree ('blocks/0/attn/qkv', ...)
+
+store_dtype="int8" stores every kernel as int8 with per-channel scales (int8.py): a quarter
+of the float32 files, dequantized on load.
 
 Tensors are read, transformed and written with Orbax partial saves one by one, so peak memory
 stays near two to three times the largest tensor (its bytes, a transposed copy, the writer's
@@ -24,7 +28,7 @@ import numpy as np
 from absl import logging
 from flax import nnx
 
-from spelke_jax.convert import mapping
+from spelke_jax.convert import int8, mapping
 from spelke_jax.convert.torch_reader import empty_aligned, load_checkpoint
 from spelke_jax.models import registry
 
@@ -51,7 +55,8 @@ def build_config(system: str, checkpoint_cfg: Mapping[str, Any] | None,
 
 def convert_checkpoint(src: str | os.PathLike, out: str | os.PathLike, system: str, *,
                        config_overrides: Mapping[str, Any] | None = None,
-                       overwrite: bool = False, progress: bool = True) -> Path:
+                       overwrite: bool = False, progress: bool = True,
+                       store_dtype: str | None = None) -> Path:
   """Converts `src` (.pt/.pth/.safetensors/.npz) of `system` ('lras', 'lpq') into `out`.
 
   Returns `out`. Raises MappingError (before writing anything) when names or shapes do not
@@ -62,6 +67,9 @@ def convert_checkpoint(src: str | os.PathLike, out: str | os.PathLike, system: s
   out = Path(out).absolute()
   if out.exists() and not overwrite:
     raise FileExistsError(f"{out} exists; pass overwrite=True to replace it")
+  if store_dtype not in (None, "", int8.STORE_DTYPE):
+    raise ValueError(f"store_dtype {store_dtype!r}: the converter stores the model's param_dtype "
+                     f"(a config override) or '{int8.STORE_DTYPE}'")
   ckpt = load_checkpoint(src)
   config = build_config(system, ckpt.config(), config_overrides)
   spec = registry.spec(system)
@@ -77,7 +85,7 @@ def convert_checkpoint(src: str | os.PathLike, out: str | os.PathLike, system: s
   try:
     params_path = tmp / PARAMS_DIR
     total = sum(state_dict[s.source].nbytes for s in steps)
-    done, t0 = 0, time.time()
+    done, t0, quantized = 0, time.time(), []
     bar = _progress(len(steps), f"converting {Path(src).name}") if progress else None
     # Orbax deep-copies host arrays before writing by default; ours are never touched again.
     context = ocp.Context()
@@ -86,8 +94,14 @@ def convert_checkpoint(src: str | os.PathLike, out: str | os.PathLike, system: s
       leaf = leaves[step.flax_path]
       # The read array dies as soon as the transformed copy exists (no name holds it).
       array = _host_array(step.transform.fn(state_dict[step.source].read()), leaf.dtype)
+      tree = [(step.flax_path, array)]
+      if store_dtype == int8.STORE_DTYPE and int8.is_quantized(array):
+        q, scale = int8.quantize(array)
+        tree = [(step.flax_path, q), (f"{int8.SCALES_KEY}/{step.flax_path}", scale)]
+        quantized.append(step.flax_path)
       with context:
-        ocp.partial.save(params_path, mapping.unflatten([(step.flax_path, array)]))
+        ocp.partial.save(params_path, mapping.unflatten(tree))
+      del tree
       done += state_dict[step.source].nbytes
       del array
       _release_freed_memory()
@@ -101,6 +115,8 @@ def convert_checkpoint(src: str | os.PathLike, out: str | os.PathLike, system: s
     ocp.partial.finalize(params_path)
     meta = {"system": system, "model_config": _jsonable(config.to_dict()),
             "source": str(Path(src).absolute()), "format_version": FORMAT_VERSION}
+    if store_dtype == int8.STORE_DTYPE:
+      meta.update({"store_dtype": int8.STORE_DTYPE, int8.META_KEY: quantized})
     (tmp / CONFIG_FILE).write_text(json.dumps(meta, indent=2))
     if out.exists():
       shutil.rmtree(out)

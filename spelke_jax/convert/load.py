@@ -15,10 +15,12 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import jax
+import jax.numpy as jnp
 from flax import nnx
 from jax.sharding import Mesh
 
 from spelke_jax import sharding as sharding_lib
+from spelke_jax.convert import int8
 from spelke_jax.convert.convert import CONFIG_FILE, PARAMS_DIR
 from spelke_jax.convert.mapping import unflatten
 from spelke_jax.models import registry
@@ -55,17 +57,40 @@ def load_converted(path: str | os.PathLike, *, mesh: Mesh | None = None,
   else:
     device = jax.devices()[0]
     shardings = {p: jax.sharding.SingleDeviceSharding(device) for p, _ in flat}
-  target = unflatten([
-      ("/".join(str(p) for p in path_), jax.ShapeDtypeStruct(var.shape, var.dtype,
-                                                             sharding=shardings[path_]))
-      for path_, var in flat])
-  restored = ocp.load(path / PARAMS_DIR, target)
+  names = {path_: "/".join(str(p) for p in path_) for path_, _ in flat}
+  quantized = set()
+  if meta.get("store_dtype") == int8.STORE_DTYPE:
+    quantized = int8.check_variables(meta.get(int8.META_KEY), set(names.values()), str(path))
+  leaves = []
   for path_, var in flat:
-    node = restored
-    for p in path_:
-      node = node[str(p)]
-    var.set_value(node)
+    name, where = names[path_], shardings[path_]
+    if name in quantized:
+      leaves.append((name, jax.ShapeDtypeStruct(var.shape, jnp.int8, sharding=where)))
+      replicated = (jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()) if mesh
+                    is not None else where)
+      leaves.append((f"{int8.SCALES_KEY}/{name}",
+                     jax.ShapeDtypeStruct(var.shape[-1:], jnp.float32, sharding=replicated)))
+    else:
+      leaves.append((name, jax.ShapeDtypeStruct(var.shape, var.dtype, sharding=where)))
+  restored = ocp.load(path / PARAMS_DIR, unflatten(leaves))
+  for path_, var in flat:
+    value = _at(restored, names[path_])
+    if names[path_] in quantized:
+      value = _dequantize(value, _at(restored, f"{int8.SCALES_KEY}/{names[path_]}"), var.dtype,
+                          shardings[path_])
+    var.set_value(value)
   return nnx.merge(graphdef, state)
+
+
+def _at(tree: dict, name: str):
+  for p in name.split("/"):
+    tree = tree[p]
+  return tree
+
+
+def _dequantize(q: jax.Array, scale: jax.Array, dtype, sharding) -> jax.Array:
+  """An int8-stored variable back in `dtype`, placed like its model variable."""
+  return jax.jit(int8.dequantize, static_argnums=2, out_shardings=sharding)(q, scale, dtype)
 
 
 def load_torch(src: str | os.PathLike, system: str, *, config: Mapping[str, Any] | None = None,

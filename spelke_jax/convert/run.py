@@ -56,7 +56,7 @@ def run(config: ml_collections.ConfigDict, workdir: Path) -> dict:
     overrides["param_dtype"] = config.param_dtype
   t0 = time.time()
   convert_checkpoint(config.src, out, config.system, config_overrides=overrides,
-                     overwrite=config.overwrite)
+                     overwrite=config.overwrite, store_dtype=config.get("store_dtype", "") or None)
   report = {"system": config.system, "src": str(config.src), "out": str(out),
             "seconds": round(time.time() - t0, 3),
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}

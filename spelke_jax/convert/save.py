@@ -5,7 +5,8 @@
 
 Same layout as convert_checkpoint (config.json + params/ Orbax tree), written under a
 temporary name and renamed when complete. `store_dtype` rounds floating-point variables for
-storage only (bfloat16 halves a shipped model); loading restores the config's dtypes.
+storage only: "bfloat16" halves a shipped model, "int8" stores kernels as int8 with per-channel
+scales (int8.py, about a quarter); loading restores the config's dtypes.
 """
 from __future__ import annotations
 
@@ -14,9 +15,11 @@ import os
 import shutil
 from pathlib import Path
 
+import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from spelke_jax.convert import int8
 from spelke_jax.convert.convert import CONFIG_FILE, FORMAT_VERSION, PARAMS_DIR, _jsonable
 from spelke_jax.convert.mapping import unflatten
 from spelke_jax.models import registry
@@ -33,14 +36,27 @@ def save_converted(model: nnx.Module, system: str, out: str | os.PathLike, *,
   out = Path(out).absolute()
   if out.exists() and not overwrite:
     raise FileExistsError(f"{out} exists; pass overwrite=True to replace it")
-  dtype = None if store_dtype is None else np.dtype(getattr(ml_dtypes, store_dtype, store_dtype))
+  as_int8 = store_dtype == int8.STORE_DTYPE
+  dtype = (None if store_dtype is None or as_int8
+           else np.dtype(getattr(ml_dtypes, store_dtype, store_dtype)))
+  if dtype is not None and not jnp.issubdtype(dtype, jnp.floating):
+    raise ValueError(f"store_dtype {store_dtype!r}: use a floating-point dtype (e.g. 'bfloat16') "
+                     f"or '{int8.STORE_DTYPE}' (per-channel weight quantization)")
   _, state = nnx.split(model)
-  leaves = []
+  if as_int8 and any(str(path[0]) == int8.SCALES_KEY for path, _ in nnx.to_flat_state(state)):
+    raise ValueError(f"the model has variables under '{int8.SCALES_KEY}', the key int8 storage "
+                     "reserves for its scales")
+  leaves, quantized = [], []
   for path, var in nnx.to_flat_state(state):
+    name = "/".join(str(p) for p in path)
     value = np.asarray(var[...])
-    if dtype is not None and np.issubdtype(value.dtype, np.floating):
+    if as_int8 and int8.is_quantized(value):
+      value, scale = int8.quantize(value)
+      leaves.append((f"{int8.SCALES_KEY}/{name}", scale))
+      quantized.append(name)
+    elif dtype is not None and jnp.issubdtype(value.dtype, jnp.floating):
       value = value.astype(dtype)
-    leaves.append(("/".join(str(p) for p in path), value))
+    leaves.append((name, value))
   tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
   shutil.rmtree(tmp, ignore_errors=True)
   tmp.mkdir(parents=True)
@@ -49,6 +65,8 @@ def save_converted(model: nnx.Module, system: str, out: str | os.PathLike, *,
     meta = {"system": system, "model_config": _jsonable(model.config.to_dict()),
             "source": source, "format_version": FORMAT_VERSION,
             "store_dtype": store_dtype or "as trained"}
+    if as_int8:
+      meta[int8.META_KEY] = quantized
     (tmp / CONFIG_FILE).write_text(json.dumps(meta, indent=2))
     if out.exists():
       shutil.rmtree(out)
