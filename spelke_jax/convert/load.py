@@ -5,7 +5,8 @@
     model = load_converted(path, param_dtype="bfloat16", dtype="bfloat16")  # dtype policy
 
 Parameters are restored by Orbax directly into their target shardings, so a model larger than
-one device's memory never materialises on one device.
+one device's memory never materialises on one device. Checkpoints stored as int8 (int8.py) are
+restored as int8 in those shardings and dequantized there, to the model's dtype.
 """
 from __future__ import annotations
 
