@@ -28,7 +28,8 @@ from spelke_jax.models import registry
 def save_converted(model: nnx.Module, system: str, out: str | os.PathLike, *,
                    store_dtype: str | None = None, source: str = "",
                    overwrite: bool = False) -> Path:
-  """Writes every variable of `model` (parameters and batch statistics) to `out`."""
+  """Writes every variable of `model` (parameters and batch statistics) to `out`.
+  store_dtype: None or "" (as trained), a float dtype name ("bfloat16") or "int8"."""
   from orbax.checkpoint import v1 as ocp  # pylint: disable=g-import-not-at-top
   import ml_dtypes  # pylint: disable=g-import-not-at-top
 
@@ -37,7 +38,7 @@ def save_converted(model: nnx.Module, system: str, out: str | os.PathLike, *,
   if out.exists() and not overwrite:
     raise FileExistsError(f"{out} exists; pass overwrite=True to replace it")
   as_int8 = store_dtype == int8.STORE_DTYPE
-  dtype = (None if store_dtype is None or as_int8
+  dtype = (None if not store_dtype or as_int8
            else np.dtype(getattr(ml_dtypes, store_dtype, store_dtype)))
   if dtype is not None and not jnp.issubdtype(dtype, jnp.floating):
     raise ValueError(f"store_dtype {store_dtype!r}: use a floating-point dtype (e.g. 'bfloat16') "
