@@ -22,6 +22,8 @@ def base(mode: str = "train") -> ml_collections.ConfigDict:
       kind="motion", flow_threshold=0.5, flow_grid=(8, 8), num_masks=32, rounds=3,
       min_area=20, teacher_runs=5,
       min_overlap=20,                # explaining away: pixels a confident part needs (= min_area)
+      rigid_merge_tol=0.0,           # > 0: merge adjacent motion segments one affine flow fits
+                                     # within this RMS px (ours, not the paper's; 0 = off)
       cache_batches=0))              # > 0: precompute the targets of that many batches once
                                      # and cycle over them (train/eisen_target_cache.py)
   c.teacher = ""                     # a round-1 training workdir, for targets.kind=explain_away

@@ -100,6 +100,13 @@ Choices (where the description is silent)
     `test_pseudo_supervision`). A confident segment spanning two motion segments never merges
     them: motion separates, the teacher only splits within a motion segment.
   - Ids are made contiguous per image (0 first); they carry no meaning beyond equality.
+  - Option of ours, off by default (`rigid_merge_tol` > 0, `merge_rigid`): adjacent motion
+    segments whose joint flow one affine motion fits within that RMS px are merged, because the
+    plateau codes of a rotating object's varying flow fall into several Competition segments.
+    On 48 scenes of seed 8 at 128 px (stride 4) tol 0.25 px lowers the targets' split pairs from
+    0.094 to 0.024 on scenes without an agent (merges unchanged, 0.025) and from 0.063 to 0.028
+    on agent scenes, where merges rise from 0.102 to 0.157 (the agent and the object it drags
+    move as one: explaining away's job).
 
 Everything heavy (KProp, Competition, flow plateau maps, meta-affinity gathers) is jitted JAX with
 memory O(B*N*S) (never N x N); the connected-component steps and the explaining-away relabelling
@@ -318,6 +325,63 @@ def motion_segments(flow, *, key: jax.Array | None = None,
   res = comp_lib.competition(plateau, num_masks=int(num_masks), num_rounds=int(rounds),
                              draws=draws, noise=noise, key=key)
   return _ids_from_masks(res.masks, motion_indicator(flow, threshold), int(min_area))
+
+
+def _affine_rms(xy: np.ndarray, f: np.ndarray) -> float:
+  """RMS residual (px) of the least-squares affine flow f ~ A xy + t over the given pixels."""
+  design = np.concatenate([xy, np.ones((len(xy), 1))], axis=1)
+  params, *_ = np.linalg.lstsq(design, f, rcond=None)
+  return float(np.sqrt(np.mean(np.sum((design @ params - f) ** 2, axis=-1))))
+
+
+def _merge_rigid_one(ids: np.ndarray, flow: np.ndarray, tol: float, stride: float) -> np.ndarray:
+  h, w = ids.shape
+  yy, xx = np.mgrid[0:h, 0:w]
+  xy = np.stack([xx, yy], -1).reshape(-1, 2).astype(np.float64) * stride
+  f = flow.reshape(-1, 2).astype(np.float64)
+  ids = ids.copy()
+  while True:
+    best = None
+    for a in np.unique(ids[ids > 0]):
+      mine = ids == a
+      ring = ndimage.binary_dilation(mine, _EIGHT) & ~mine
+      for b in np.unique(ids[ring]):
+        if b <= a:                                   # each adjacent pair once; 0 is static
+          continue
+        both = (mine | (ids == b)).reshape(-1)
+        r = _affine_rms(xy[both], f[both])
+        if r <= tol and (best is None or r < best[0]):
+          best = (r, a, b)
+    if best is None:
+      return ids
+    ids[ids == best[2]] = best[1]
+
+
+def merge_rigid(motion_ids, flow, *, tol: float = 0.25) -> jax.Array:
+  """Merges adjacent motion segments that one affine motion explains (an option of ours, not
+  the paper's): motion_ids [B, h, w] (0 = static), flow [B, H, W, 2] px at any multiple of the
+  map size -> int32 [B, h, w], ids contiguous per image.
+
+  Competition on the flow plateau map cuts a rotating object into several segments (its flow
+  varies across it by more than a grid step). The flow of a rigid motion in the image plane is
+  affine in the pixel position, so two 8-adjacent segments are merged when the least-squares
+  affine fit of their joint flow leaves an RMS residual <= `tol` px (positions in the flow's
+  pixels); the best pair first, until no pair qualifies. Two objects moving together (an agent
+  and what it drags) merge too, which is what explaining away is for."""
+  m = _check_ids(motion_ids, "motion_ids")
+  fl = np.asarray(_check_flow(flow))
+  if fl.shape[0] != m.shape[0] or fl.shape[1] % m.shape[1] or fl.shape[2] % m.shape[2]:
+    raise ValueError(f"flow {fl.shape[:3]} must be an integer multiple of motion_ids {m.shape}")
+  sy, sx = fl.shape[1] // m.shape[1], fl.shape[2] // m.shape[2]
+  if sy != sx:
+    raise ValueError(f"flow and motion_ids need one stride on both axes, got {sy} and {sx}")
+  return _merge_rigid_batch(m, fl[:, ::sy, ::sx], float(tol), float(sy))
+
+
+def _merge_rigid_batch(m: np.ndarray, small: np.ndarray, tol: float, stride: float) -> jax.Array:
+  """ids [B, h, w], flow at the map [B, h, w, 2] px (positions scaled by `stride`)."""
+  out = [_merge_rigid_one(m[b], small[b], tol, stride) for b in range(m.shape[0])]
+  return jnp.asarray(_contiguous(np.stack(out)) if out else m, jnp.int32)
 
 
 def connectivity_ids(motion_segments) -> jax.Array:
@@ -584,12 +648,23 @@ def build_targets(kind: str, batch: Mapping[str, Any], *, teacher=None, key: jax
       raise ValueError(f"stride must be >= 1, got {stride}")
     small = resize_flow_nearest(flow, -(-fh // stride), -(-fw // stride))
     k_motion = jax.random.split(key, 3)[0]
-    return connectivity_ids(motion_segments(small, key=k_motion, **_segment_kwargs(config)))
+    motion = motion_segments(small, key=k_motion, **_segment_kwargs(config))
+    return connectivity_ids(_rigid(motion, small, fh / small.shape[1], config))
   motion, conf = explain_away_inputs(teacher, batch, key=key, config=config)
   min_area = int(_cfg(config, "min_area", 20))
   return explain_away(motion, conf, min_overlap=int(_cfg(config, "min_overlap", min_area)),
                       unexplained=str(_cfg(config, "unexplained", "nearest")),
                       static=str(_cfg(config, "static", "ignore")))
+
+
+def _rigid(motion, small_flow, stride: float, config):
+  """`merge_rigid` of motion segments [B, h, w] with the flow subsampled to the map [B, h, w, 2]
+  (px; `stride` full-resolution px per map pixel) when config.rigid_merge_tol > 0."""
+  tol = float(_cfg(config, "rigid_merge_tol", 0.0))
+  if tol <= 0:
+    return motion
+  return _merge_rigid_batch(_check_ids(motion, "motion_ids"), np.asarray(small_flow), tol,
+                            float(stride))
 
 
 def _segment_kwargs(config) -> dict[str, Any]:
@@ -625,4 +700,5 @@ def explain_away_inputs(teacher, batch: Mapping[str, Any], *, key: jax.Array,
                             min_area=int(_cfg(config, "min_area", 20)), config=tcfg)
   small = resize_flow_nearest(flow, h, w)
   motion = motion_segments(small, key=k_motion, **_segment_kwargs(config))
+  motion = _rigid(motion, small, flow.shape[1] / h, config)
   return np.asarray(motion, np.int32), np.asarray(conf, np.int32)

@@ -389,3 +389,50 @@ def test_build_targets_dispatch():
     et.build_targets("bogus", batch, key=jax.random.key(0))
   with pytest.raises(ValueError, match="'flow'"):
     et.build_targets("motion", {"image": np.zeros((1, 4, 4, 3))}, key=jax.random.key(0))
+
+
+def _rotating_and_translating():
+  """flow [1,H,W,2] px: object 1 (rows 4:20, cols 4:20) rotates 20 degrees about its centre,
+  object 2 (rows 4:20, cols 20:28, touching it) translates; background static."""
+  flow = np.zeros((1, H, W, 2), np.float32)
+  yy, xx = np.mgrid[0:H, 0:W].astype(np.float32)
+  c, s = np.cos(np.deg2rad(20.0)), np.sin(np.deg2rad(20.0))
+  dx, dy = xx - 11.5, yy - 11.5
+  rot = np.stack([(c - 1) * dx - s * dy, s * dx + (c - 1) * dy], -1)
+  flow[0, 4:20, 4:20] = rot[4:20, 4:20]
+  flow[0, 4:20, 20:28] = (7.0, 0.0)  # faster than any point of the rotation (<= 4 px)
+  return flow
+
+
+def test_merge_rigid_joins_parts_of_one_rigid_motion_only():
+  flow = _rotating_and_translating()
+  ids = np.zeros((1, H, W), np.int32)
+  ids[0, 4:20, 4:12] = 1          # the rotating object cut in two (as Competition does) ...
+  ids[0, 4:20, 12:20] = 2
+  ids[0, 4:20, 20:28] = 3         # ... and its translating neighbour
+  got = np.asarray(et.merge_rigid(ids, flow, tol=0.25))
+  assert len(np.unique(got[0, 4:20, 4:20])) == 1
+  assert got[0, 5, 25] != got[0, 5, 5] and got[0, 0, 0] == 0
+  assert set(np.unique(got)) == {0, 1, 2}
+  # Positions scale with the stride: the same scene at a quarter of the map, flow at full size.
+  small_ids = ids[:, ::4, ::4]
+  got4 = np.asarray(et.merge_rigid(small_ids, flow, tol=0.25))
+  assert len(np.unique(got4[0, 1:5, 1:5])) == 1 and got4[0, 1, 6] != got4[0, 1, 1]
+  # A tolerance below the fit error of the two halves keeps them apart; 0 px cuts everything.
+  np.testing.assert_array_equal(np.asarray(et.merge_rigid(ids, flow, tol=-1.0)), ids)
+  with pytest.raises(ValueError, match="multiple"):
+    et.merge_rigid(ids[:, :30], flow, tol=0.25)
+
+
+def test_build_targets_rigid_merge_option():
+  flow = _rotating_and_translating()
+  cfg = dict(CFG, rigid_merge_tol=0.25)
+  key = jax.random.key(3)
+  plain = np.asarray(et.build_targets("motion_segments", {"flow": flow}, key=key, config=CFG))
+  merged = np.asarray(et.build_targets("motion_segments", {"flow": flow}, key=key, config=cfg))
+  parts = lambda ids: set(np.unique(ids[0, 4:20, 4:20])) - {0}
+  # Competition cuts the rotating object into several segments (its slow centre joins the
+  # background); the adjacent ones merge, never with the translating neighbour.
+  assert len(parts(merged)) < len(parts(plain))
+  assert not parts(merged) & set(np.unique(merged[0, 4:20, 20:28]))
+  np.testing.assert_array_equal(merged > 0, plain > 0)                      # same moving rows
