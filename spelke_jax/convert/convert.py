@@ -94,11 +94,7 @@ def convert_checkpoint(src: str | os.PathLike, out: str | os.PathLike, system: s
       leaf = leaves[step.flax_path]
       # The read array dies as soon as the transformed copy exists (no name holds it).
       array = _host_array(step.transform.fn(state_dict[step.source].read()), leaf.dtype)
-      tree = [(step.flax_path, array)]
-      if store_dtype == int8.STORE_DTYPE and int8.is_quantized(array):
-        q, scale = int8.quantize(array)
-        tree = [(step.flax_path, q), (f"{int8.SCALES_KEY}/{step.flax_path}", scale)]
-        quantized.append(step.flax_path)
+      tree = _stored_leaves(step.flax_path, array, store_dtype, quantized)
       with context:
         ocp.partial.save(params_path, mapping.unflatten(tree))
       del tree
@@ -126,6 +122,17 @@ def convert_checkpoint(src: str | os.PathLike, out: str | os.PathLike, system: s
     shutil.rmtree(tmp, ignore_errors=True)
     raise
   return out
+
+
+def _stored_leaves(name: str, array: np.ndarray, store_dtype: str | None,
+                   quantized: list[str]) -> list[tuple[str, np.ndarray]]:
+  """What one converted tensor is written as: itself, or (int8 storage of a kernel) its int8
+  values and their per-channel scales, `name` then appended to `quantized`."""
+  if store_dtype != int8.STORE_DTYPE or not int8.is_quantized(array):
+    return [(name, array)]
+  q, scale = int8.quantize(array)
+  quantized.append(name)
+  return [(name, q), (f"{int8.SCALES_KEY}/{name}", scale)]
 
 
 def _host_array(x: np.ndarray, dtype) -> np.ndarray:
