@@ -94,7 +94,8 @@ def convert_checkpoint(src: str | os.PathLike, out: str | os.PathLike, system: s
       leaf = leaves[step.flax_path]
       # The read array dies as soon as the transformed copy exists (no name holds it).
       array = _host_array(step.transform.fn(state_dict[step.source].read()), leaf.dtype)
-      tree = _stored_leaves(step.flax_path, array, store_dtype, quantized)
+      tree = (int8.stored_leaves(step.flax_path, array, quantized)
+              if store_dtype == int8.STORE_DTYPE else [(step.flax_path, array)])
       with context:
         ocp.partial.save(params_path, mapping.unflatten(tree))
       del tree
@@ -122,17 +123,6 @@ def convert_checkpoint(src: str | os.PathLike, out: str | os.PathLike, system: s
     shutil.rmtree(tmp, ignore_errors=True)
     raise
   return out
-
-
-def _stored_leaves(name: str, array: np.ndarray, store_dtype: str | None,
-                   quantized: list[str]) -> list[tuple[str, np.ndarray]]:
-  """What one converted tensor is written as: itself, or (int8 storage of a kernel) its int8
-  values and their per-channel scales, `name` then appended to `quantized`."""
-  if store_dtype != int8.STORE_DTYPE or not int8.is_quantized(array):
-    return [(name, array)]
-  q, scale = int8.quantize(array)
-  quantized.append(name)
-  return [(name, q), (f"{int8.SCALES_KEY}/{name}", scale)]
 
 
 def _host_array(x: np.ndarray, dtype) -> np.ndarray:

@@ -47,6 +47,17 @@ def dequantize(q: jax.Array | np.ndarray, scale: jax.Array | np.ndarray, dtype) 
   return (jnp.asarray(q).astype(jnp.float32) * jnp.asarray(scale, jnp.float32)).astype(dtype)
 
 
+def stored_leaves(name: str, value: np.ndarray,
+                  quantized: list[str]) -> list[tuple[str, np.ndarray]]:
+  """What int8 storage writes for variable `name`: itself (not quantized), or its int8 values
+  and their scales under SCALES_KEY, `name` then appended to `quantized`."""
+  if not is_quantized(value):
+    return [(name, value)]
+  q, scale = quantize(value)
+  quantized.append(name)
+  return [(name, q), (f"{SCALES_KEY}/{name}", scale)]
+
+
 def check_variables(listed: Any, known: set[str], where: str) -> set[str]:
   """The META_KEY list of config.json, validated against the model's variable paths."""
   if not isinstance(listed, list) or not all(isinstance(p, str) for p in listed):

@@ -51,11 +51,10 @@ def save_converted(model: nnx.Module, system: str, out: str | os.PathLike, *,
   for path, var in nnx.to_flat_state(state):
     name = "/".join(str(p) for p in path)
     value = np.asarray(var[...])
-    if as_int8 and int8.is_quantized(value):
-      value, scale = int8.quantize(value)
-      leaves.append((f"{int8.SCALES_KEY}/{name}", scale))
-      quantized.append(name)
-    elif dtype is not None and jnp.issubdtype(value.dtype, jnp.floating):
+    if as_int8:
+      leaves += int8.stored_leaves(name, value, quantized)
+      continue
+    if dtype is not None and jnp.issubdtype(value.dtype, jnp.floating):
       value = value.astype(dtype)
     leaves.append((name, value))
   tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
