@@ -149,6 +149,14 @@ class FolderSource:
     return {"image": image, "flow": flow, "ids": ids, "key": f"{rel}/{frame.stem}"}
 
 
+def _dragged_segment(g) -> int:
+  """The id in `ids` (1 + index into 'segment') of the object the agent drags; 0 if none."""
+  if "dragged_id" not in g or "segment_ids" not in g:
+    return 0
+  hit = np.flatnonzero(np.asarray(g["segment_ids"][()]) == int(g["dragged_id"][()]))
+  return int(hit[0]) + 1 if len(hit) else 0
+
+
 class SyntheticH5Source:
   """Scenes of a synthetic h5 (tools/make_synthetic.py): ids = the SpelkeBench GT objects."""
 
@@ -176,11 +184,12 @@ class SyntheticH5Source:
       image, segs = g["rgb"][()], g["segment"][()].astype(bool)
       flow = g["flow"][()] if "flow" in g else np.zeros(image.shape[:2] + (2,), np.float32)
       has_agent = bool(g["agent_id"][()] > 0) if "agent_id" in g else False
+      dragged = _dragged_segment(g) if has_agent else 0
     ids = np.zeros(image.shape[:2], np.int32)
     for k, m in enumerate(segs):
       ids[m] = k + 1
     return {"image": image, "flow": flow.astype(np.float32), "ids": ids, "key": key,
-            "has_agent": has_agent}
+            "has_agent": has_agent, "dragged": dragged}
 
 
 def batches(source, batch_size: int, resolution: int, *, seed: int = 0, shuffle: bool = True,

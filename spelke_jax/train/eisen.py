@@ -256,6 +256,12 @@ def label_rgb(ids: np.ndarray) -> np.ndarray:
   return palette[np.clip(ids, 0, None)]
 
 
+def _mean(values) -> float:
+  """Mean of the values that are not None; NaN when none are."""
+  vals = [v for v in values if v is not None]
+  return float(np.mean(vals)) if vals else float("nan")
+
+
 def evaluate_model(model: eisen.EISEN, config: ml_collections.ConfigDict, out: Path, *,
                    max_images: int = 0) -> dict:
   """Matched mIoU over the eval split; metrics.json + PNGs in `out`."""
@@ -275,8 +281,13 @@ def evaluate_model(model: eisen.EISEN, config: ml_collections.ConfigDict, out: P
     segs, plateau = segment_images(model, images, jax.random.key(config.seed + start), mcfg)
     for j, (e, r) in enumerate(zip(exs, res)):
       miou, best, num_gt = matched_miou.image_miou(r[2], segs[j])
+      gt_ids = np.unique(r[2][r[2] > 0])
+      dragged = int(e.get("dragged", 0))
       rows.append({"key": e["key"], "mIoU": None if np.isnan(miou) else float(miou),
                    "has_agent": bool(e.get("has_agent", False)),
+                   # best IoU of the object the agent drags (None: no agent, or gone at this size)
+                   "dragged_IoU": float(best[np.searchsorted(gt_ids, dragged)])
+                                  if dragged in gt_ids else None,
                    "num_gt_objects": int(num_gt), "num_segments": int(len(np.unique(segs[j])))})
       if config.write_figures:
         up = r[0].shape[0] // segs.shape[1]
@@ -285,20 +296,22 @@ def evaluate_model(model: eisen.EISEN, config: ml_collections.ConfigDict, out: P
             [r[0], big(plateau_pca_rgb(plateau[j])), big(label_rgb(segs[j])), label_rgb(r[2])]))
     logging.info("eval %d/%d images (%.1f s)", min(start + bs, n), n, time.time() - t0)
   def mean_miou(selected):
-    vals = [r["mIoU"] for r in selected if r["mIoU"] is not None]
-    return float(np.mean(vals)) if vals else float("nan")
+    return _mean([r["mIoU"] for r in selected])
   agent = [r for r in rows if r["has_agent"]]
   metrics = {"mIoU": mean_miou(rows), "num_images": len(rows),
              # scenes where an agent drags an object: what explaining away is for
              "mIoU_agent_scenes": mean_miou(agent), "num_agent_scenes": len(agent),
              "mIoU_other_scenes": mean_miou([r for r in rows if not r["has_agent"]]),
+             # mean best IoU of the dragged objects: the merges explaining away should undo
+             "IoU_dragged_objects": _mean([r["dragged_IoU"] for r in rows]),
              "per_image": rows}
   tmp = out / f".metrics.json.tmp-{os.getpid()}"
   tmp.write_text(json.dumps(metrics, indent=2))
   os.replace(tmp, out / "metrics.json")
   print(f"EISEN matched mIoU over {len(rows)} images: {metrics['mIoU']:.4f} (agent scenes "
         f"{metrics['mIoU_agent_scenes']:.4f} over {len(agent)}, others "
-        f"{metrics['mIoU_other_scenes']:.4f}) ({out / 'metrics.json'})")
+        f"{metrics['mIoU_other_scenes']:.4f}; dragged objects IoU "
+        f"{metrics['IoU_dragged_objects']:.4f}) ({out / 'metrics.json'})")
   return metrics
 
 

@@ -9,7 +9,7 @@ import pytest
 from flax import nnx
 
 from spelke_jax import sharding as sh
-from spelke_jax.data import synthetic
+from spelke_jax.data import synthetic, video_folders
 from spelke_jax.train import eisen as trainer
 from spelke_jax.train import eisen_configs
 
@@ -84,6 +84,20 @@ def test_train_resume_and_eval(tmp_path):
   agent = [r["has_agent"] for r in saved["per_image"]]
   assert agent == [s.agent_id > 0 for _, s in sorted(scenes, key=lambda ks: ks[0])]
   assert saved["num_agent_scenes"] == sum(agent)
+  # The dragged object: its id in the source's ids is the scene's dragged instance, and its row
+  # holds that object's best IoU (None without an agent).
+  src = video_folders.SyntheticH5Source(path)
+  by_key = dict(scenes)
+  for i, row in enumerate(saved["per_image"]):
+    ex, sc = src[i], by_key[row["key"]]
+    if sc.agent_id > 0 and sc.dragged_id > 0:
+      np.testing.assert_array_equal(ex["ids"] == ex["dragged"], sc.instance_ids == sc.dragged_id)
+      assert 0.0 <= row["dragged_IoU"] <= 1.0
+    else:
+      assert ex["dragged"] == 0 and row["dragged_IoU"] is None
+  dragged = [r["dragged_IoU"] for r in saved["per_image"] if r["dragged_IoU"] is not None]
+  assert (saved["IoU_dragged_objects"] == pytest.approx(np.mean(dragged)) if dragged
+          else np.isnan(saved["IoU_dragged_objects"]))
   assert len(list((tmp_path / "eval" / "figures").glob("*.png"))) == 4
 
 
