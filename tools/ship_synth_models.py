@@ -130,7 +130,7 @@ def ship_eisen(workdir: Path, out: Path) -> dict:
     metrics = trainer.evaluate(ev, Path(wd))
   command = ("python -m spelke_jax.main --config=configs/eisen_synth.py --config.mode=eval "
              "--workdir=out/eisen_synth_eval")
-  ref = reference(metrics, command, ("key", "mIoU", "has_agent"))
+  ref = reference(metrics, command, ("key", "mIoU", "has_agent", "dragged_IoU"))
   write_json(dest / "reference_metrics.json", ref)
   return ref
 
