@@ -50,7 +50,8 @@ def paired_difference(rows_a: Sequence[Mapping[str, Any]], rows_b: Sequence[Mapp
   x, y = x[ok], y[ok]
   d = y - x
   rng = np.random.default_rng(seed)
-  boot = d[rng.integers(0, len(d), (num_bootstrap, len(d)))].mean(1)
+  boot = np.concatenate([d[rng.integers(0, len(d), (min(1000, num_bootstrap - i), len(d)))].mean(1)
+                         for i in range(0, num_bootstrap, 1000)])   # 1000 resamples at a time
   lo, hi = np.percentile(boot, [50 * (1 - level), 100 - 50 * (1 - level)])
   return {"field": field, "n": int(len(d)), "mean_a": float(x.mean()), "mean_b": float(y.mean()),
           "diff": float(d.mean()), "ci_low": float(lo), "ci_high": float(hi), "level": level,
