@@ -34,6 +34,8 @@ matched mIoU on the seed-7 set (0.67 at 64 px, 0.90 at 256 px), the ceiling of t
 """
 from pathlib import Path
 
+import ml_collections
+
 from spelke_jax.train.eisen_configs import base
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
@@ -48,6 +50,10 @@ def get_config(arg=None):
   c.data.source = "synthetic"
   c.data.resolution = 128
   c.data.seed = 0                    # training scenes; evaluate on other seeds
+  # synthetic.make_scene arguments of the training scenes (the generator's defaults), so that
+  # e.g. --config.data.scene_kwargs.p_move=1.0 can be set from the command line.
+  c.data.scene_kwargs = ml_collections.ConfigDict(dict(camera_prob=0.5, p_move=0.5,
+                                                        agent_prob=0.3))
   c.targets.kind = "motion_segments"
   c.targets.min_area = 8
   c.targets.min_overlap = 8
