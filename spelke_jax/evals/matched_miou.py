@@ -38,6 +38,30 @@ def upsample_nearest(pred: np.ndarray, size: tuple[int, int]) -> np.ndarray:
   return pred[rows[:, None], cols[None, :]]
 
 
+def cell_centred_indices(src: int, dst: int) -> np.ndarray:
+  """Source cell of each of `dst` outputs when cell i stands for output position i * dst / src
+  (where torch 'nearest' downsampling samples it): the nearest such centre,
+  min(floor(o * src / dst + 1/2), src - 1). For stride 4: outputs 4i-2 .. 4i+1 -> cell i."""
+  out = np.arange(dst, dtype=np.float64)
+  return np.minimum(np.floor(out * (src / dst) + 0.5).astype(np.int64), src - 1)
+
+
+def upsample_cell_centred(pred: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+  """pred [HP,WP,...] -> [HG,WG,...], each output taking the cell whose sample position is nearest.
+
+  EISEN's targets are the labels at torch-'nearest' positions (cell i = pixel floor(i * stride)),
+  so a cell's segment id describes that pixel, the top-left of its stride x stride block; torch
+  'nearest' upsampling (`upsample_nearest`, the original's evaluation) paints it over the block
+  to its bottom-right, shifting every segment by (stride - 1) / 2 px. This upsampling centres the
+  block on the sampled pixel instead (ours, not the original's)."""
+  pred = np.asarray(pred)
+  if pred.ndim < 2 or len(size) != 2:
+    raise ValueError(f"pred must be [H, W, ...] and size (H, W), got {pred.shape} and {size}")
+  rows = cell_centred_indices(pred.shape[0], size[0])
+  cols = cell_centred_indices(pred.shape[1], size[1])
+  return pred[rows[:, None], cols[None, :]]
+
+
 def iou_matrix(gt: np.ndarray, pred: np.ndarray, gt_ids: np.ndarray,
                pred_ids: np.ndarray) -> np.ndarray:
   """[len(gt_ids), len(pred_ids)] IoU of each (GT id, predicted id) pair, computed in float64

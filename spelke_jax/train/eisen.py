@@ -262,6 +262,19 @@ def _mean(values) -> float:
   return float(np.mean(vals)) if vals else float("nan")
 
 
+SEGMENT_UPSAMPLERS = {"nearest": matched_miou.upsample_nearest,
+                      "cell_centred": matched_miou.upsample_cell_centred}
+
+
+def segment_upsampler(name: str):
+  """config.segment_upsample -> (cells [h, w, ...], (H, W)) -> [H, W, ...]: 'nearest' (the
+  original's evaluation) or 'cell_centred' (each cell centred on the pixel its target was
+  sampled at; see matched_miou.upsample_cell_centred)."""
+  if name not in SEGMENT_UPSAMPLERS:
+    raise ValueError(f"unknown segment_upsample {name!r}; known: {sorted(SEGMENT_UPSAMPLERS)}")
+  return SEGMENT_UPSAMPLERS[name]
+
+
 def evaluate_model(model: eisen.EISEN, config: ml_collections.ConfigDict, out: Path, *,
                    max_images: int = 0) -> dict:
   """Matched mIoU over the eval split; metrics.json + PNGs in `out`."""
@@ -270,6 +283,7 @@ def evaluate_model(model: eisen.EISEN, config: ml_collections.ConfigDict, out: P
   src = (video_folders.SyntheticH5Source(config.dataset_path) if config.dataset_path
          else data_source(config, "val"))
   n = len(src) if not max_images else min(max_images, len(src))
+  upsample = segment_upsampler(config.get("segment_upsample", "nearest"))
   out.mkdir(parents=True, exist_ok=True)
   rows, t0 = [], time.time()
   bs = config.eval_batch_size
@@ -280,7 +294,8 @@ def evaluate_model(model: eisen.EISEN, config: ml_collections.ConfigDict, out: P
     images = np.stack([r[0] for r in res])
     segs, plateau = segment_images(model, images, jax.random.key(config.seed + start), mcfg)
     for j, (e, r) in enumerate(zip(exs, res)):
-      miou, best, num_gt = matched_miou.image_miou(r[2], segs[j])
+      seg = upsample(segs[j], r[2].shape)
+      miou, best, num_gt = matched_miou.image_miou(r[2], seg)
       gt_ids = np.unique(r[2][r[2] > 0])
       dragged = int(e.get("dragged", 0))
       rows.append({"key": e["key"], "mIoU": None if np.isnan(miou) else float(miou),
@@ -290,10 +305,9 @@ def evaluate_model(model: eisen.EISEN, config: ml_collections.ConfigDict, out: P
                                   if dragged in gt_ids else None,
                    "num_gt_objects": int(num_gt), "num_segments": int(len(np.unique(segs[j])))})
       if config.write_figures:
-        up = r[0].shape[0] // segs.shape[1]
-        big = lambda a: np.kron(a, np.ones((up, up, 1), np.uint8))
         viz.save_png(out / "figures" / f"{start + j:05d}.png", viz.side_by_side(
-            [r[0], big(plateau_pca_rgb(plateau[j])), big(label_rgb(segs[j])), label_rgb(r[2])]))
+            [r[0], upsample(plateau_pca_rgb(plateau[j]), r[2].shape), label_rgb(seg),
+             label_rgb(r[2])]))
     logging.info("eval %d/%d images (%.1f s)", min(start + bs, n), n, time.time() - t0)
   def mean_miou(selected):
     return _mean([r["mIoU"] for r in selected])

@@ -44,6 +44,9 @@ def base(mode: str = "train") -> ml_collections.ConfigDict:
   c.eval_every = 0                   # 0 = only at the end (eval mode)
   c.eval_images = 0                  # 0 = all
   c.eval_batch_size = 1              # the original evaluates one image at a time
+  c.segment_upsample = "nearest"     # eval: segments to the GT size as the original (torch
+                                     # 'nearest', shifts them (stride-1)/2 px) | "cell_centred"
+                                     # (evals/matched_miou.py upsample_cell_centred)
   c.dataset_path = ""                # eval: a synthetic / SpelkeBench-style h5 with GT
   c.checkpoint = ""                  # eval: the training workdir to load
   c.write_figures = True

@@ -51,3 +51,25 @@ def test_no_gt_object_is_nan_and_aggregates():
   assert mm.dataset_miou([0.5, float("nan"), {"mIoU": 1.0}]) == 0.75
   with pytest.raises(ValueError):
     mm.batch_metric(gts, preds[:1])
+
+
+def test_cell_centred_upsampling_undoes_the_nearest_sampling_shift():
+  # Cell i of a stride-4 map is sampled at pixel 4i (torch 'nearest' downsampling); the centred
+  # upsampling paints it over pixels 4i-2 .. 4i+1, 'nearest' over 4i .. 4i+3.
+  np.testing.assert_array_equal(mm.cell_centred_indices(4, 16),
+                                [0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3])
+  np.testing.assert_array_equal(mm.cell_centred_indices(5, 5), np.arange(5))
+  # 3 cells over 8 px: centres 0, 2.67, 5.33 (nearest samples pixels 0, 2, 5); ties go up
+  np.testing.assert_array_equal(mm.cell_centred_indices(3, 8), [0, 0, 1, 1, 2, 2, 2, 2])
+  # A square over pixels [6, 22) of a 32 x 32 image, sampled at stride 4 and upsampled back.
+  gt = np.zeros((32, 32), np.int32)
+  gt[6:22, 6:22] = 1
+  cells = gt[mm.nearest_indices(32, 8)][:, mm.nearest_indices(32, 8)]
+  centred = mm.upsample_cell_centred(cells, (32, 32))
+  np.testing.assert_array_equal(centred, gt)               # its edges lie on centred blocks
+  nearest = mm.upsample_nearest(cells, (32, 32))
+  assert mm.image_miou(gt, centred)[0] == 1.0 > mm.image_miou(gt, nearest)[0]
+  rgb = mm.upsample_cell_centred(np.stack([cells] * 3, -1), (32, 32))   # trailing axes kept
+  assert rgb.shape == (32, 32, 3) and np.array_equal(rgb[..., 2], gt)
+  with pytest.raises(ValueError, match="pred must be"):
+    mm.upsample_cell_centred(np.zeros(8), (32, 32))

@@ -10,6 +10,7 @@ from flax import nnx
 
 from spelke_jax import sharding as sh
 from spelke_jax.data import synthetic, video_folders
+from spelke_jax.evals import matched_miou
 from spelke_jax.train import eisen as trainer
 from spelke_jax.train import eisen_configs
 
@@ -99,6 +100,18 @@ def test_train_resume_and_eval(tmp_path):
   assert (saved["IoU_dragged_objects"] == pytest.approx(np.mean(dragged)) if dragged
           else np.isnan(saved["IoU_dragged_objects"]))
   assert len(list((tmp_path / "eval" / "figures").glob("*.png"))) == 4
+  # Centred segment upsampling scores the same images (the shipped config's choice).
+  centred = trainer.evaluate(_config(mode="eval", checkpoint=str(wd), dataset_path=str(path),
+                                     segment_upsample="cell_centred"), tmp_path / "centred")
+  assert [r["key"] for r in centred["per_image"]] == [r["key"] for r in saved["per_image"]]
+  assert 0 <= centred["mIoU"] <= 1
+
+
+def test_segment_upsampler_names():
+  assert trainer.segment_upsampler("nearest") is matched_miou.upsample_nearest
+  assert trainer.segment_upsampler("cell_centred") is matched_miou.upsample_cell_centred
+  with pytest.raises(ValueError, match="unknown segment_upsample 'bilinear'"):
+    trainer.segment_upsampler("bilinear")
 
 
 def test_bad_configs(tmp_path):
