@@ -17,7 +17,7 @@ The shipped EISEN is round 2 from a round-1 teacher trained in three steps (READ
         --config.targets.cache_batches=96 --config.num_steps=200 --workdir=out/eisen_synth_round2
 Evaluate the shipped EISEN (assets/synth_eisen) on the shipped held-out set
 (assets/synth_eval128.h5: 40 scenes of seed 7, never used in training or tuning; matched mIoU
-0.5732, agent scenes 0.5205):
+0.6047, agent scenes 0.5465; 0.5732 with the original's --config.segment_upsample=nearest):
     python -m spelke_jax.main --config=configs/eisen_synth.py --config.mode=eval \
         --workdir=out/eisen_synth_eval
 and a run of yours on another set (tools/make_synthetic.py writes one):
@@ -28,6 +28,8 @@ and a run of yours on another set (tools/make_synthetic.py writes one):
 KProp-iterations ablation (the paper's Table 3) of a trained run:
     python tools/eisen_ablation.py --config=configs/eisen_synth.py \
         --config.checkpoint=out/eisen_synth --out=out/eisen_ablation
+Where a model loses mIoU (stride ceiling, KProp + Competition, plain affinity components):
+    python tools/eisen_grouping_diagnostic.py --config=configs/eisen_synth.py --out=out/eisen_diag
 A run restarted in the same workdir resumes from its last checkpoint. The affinity map has
 stride 4 (32 x 32 at 128 px): nearest-upsampled perfect labels at that stride score 0.82
 matched mIoU on the seed-7 set (0.67 at 64 px, 0.90 at 256 px), the ceiling of this config.

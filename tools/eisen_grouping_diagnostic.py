@@ -5,8 +5,9 @@
 
 On the eval set of the config (the shipped model and held-out set by default) it reports matched
 mIoU of
-  - stride ceiling: the ground truth sampled at the affinity cells (torch 'nearest'), scored
-    against the full-resolution ground truth: the best any grouping at this stride can do;
+  - stride ceiling: the ground truth sampled at the affinity cells (torch 'nearest', as the
+    targets are), upsampled as the config's eval does (`segment_upsample`) and scored against the
+    full-resolution ground truth: the best any grouping at this stride can do;
   - at cell level (against that sampled ground truth, so the stride costs nothing):
     KProp + Competition (the eval mode's grouping) and connected components of the model's full
     affinity matrix (`evals/affinity_components.py`) at each --thresholds, over all pairs and
@@ -43,6 +44,7 @@ def diagnose(config, thresholds, out: Path) -> dict:
   model = trainer.build_model(config)
   trainer.restore_weights(Path(config.checkpoint), model, config)
   mcfg = trainer.model_config(config)
+  upsample = trainer.segment_upsampler(config.get("segment_upsample", "nearest"))
   src = video_folders.SyntheticH5Source(config.dataset_path)
   n = len(src) if not config.eval_images else min(config.eval_images, len(src))
   scores: dict[str, list[float]] = {"stride ceiling": [], "KProp + Competition": []}
@@ -61,7 +63,7 @@ def diagnose(config, thresholds, out: Path) -> dict:
     affinity = np.asarray(eisen.softmax_max_norm(eisen.full_affinity_logits(key, query)))
     for j, r in enumerate(res):
       cells = np.asarray(eisen.nearest_resize_labels(r[2][None], h, w))[0]
-      scores["stride ceiling"].append(matched_miou.image_miou(r[2], cells)[0])
+      scores["stride ceiling"].append(matched_miou.image_miou(r[2], upsample(cells, r[2].shape))[0])
       scores["KProp + Competition"].append(matched_miou.image_miou(cells, segs[j])[0])
       for t in thresholds:
         for local, name in ((False, "all pairs"), (True, "8-neighbours")):

@@ -18,7 +18,8 @@ def test_diagnostic_rows_and_the_stride_ceiling(tmp_path):
   trainer.train(_config(num_steps=1, checkpoint_every=1), wd)
   data = tmp_path / "eval.h5"
   synthetic.write_synthetic_h5(data, list(synthetic.generate(7, 3, 32)))
-  config = _config(mode="eval", checkpoint=str(wd), dataset_path=str(data))
+  config = _config(mode="eval", checkpoint=str(wd), dataset_path=str(data),
+                   segment_upsample="cell_centred")
   result = diag.diagnose(config, [0.5, 0.9], tmp_path / "diag")
   assert result["num_images"] == 3
   assert set(result["mIoU"]) == {"stride ceiling", "KProp + Competition",
@@ -33,7 +34,7 @@ def test_diagnostic_rows_and_the_stride_ceiling(tmp_path):
     gt = video_folders.resize_example(src[i]["image"], src[i]["flow"], src[i]["ids"],
                                       config.data.resolution)[2]
     cells = np.asarray(eisen.nearest_resize_labels(gt[None], h, w))[0]
-    want.append(matched_miou.image_miou(gt, cells)[0])
+    want.append(matched_miou.image_miou(gt, matched_miou.upsample_cell_centred(cells, gt.shape))[0])
   assert result["mIoU"]["stride ceiling"] == np.nanmean(want)
   assert json.loads((tmp_path / "diag" / "diagnostic.json").read_text()) == result
   assert (tmp_path / "diag" / "diagnostic.md").read_text().count("\n") == 2 + 6
