@@ -26,10 +26,16 @@ from ml_collections import config_flags
 
 from spelke_jax.evals.viz import save_text
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "EISEN config file, e.g. configs/eisen_synth.py.")
-_THRESHOLDS = flags.DEFINE_list("thresholds", ["0.2", "0.35", "0.5", "0.65", "0.8"],
-                                "Affinity thresholds of the connected-components grouping.")
-_OUT = flags.DEFINE_string("out", None, "Output directory.", required=True)
+
+
+def define_flags():
+  """The command line's flags, defined only when run as a script (so that tests can import
+  `diagnose` beside other tools that define --config)."""
+  return (config_flags.DEFINE_config_file("config", None,
+                                          "EISEN config file, e.g. configs/eisen_synth.py."),
+          flags.DEFINE_list("thresholds", ["0.2", "0.35", "0.5", "0.65", "0.8"],
+                            "Affinity thresholds of the connected-components grouping."),
+          flags.DEFINE_string("out", None, "Output directory.", required=True))
 
 
 def diagnose(config, thresholds, out: Path) -> dict:
@@ -103,4 +109,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  _CONFIG, _THRESHOLDS, _OUT = define_flags()
   app.run(main)
