@@ -10,12 +10,12 @@ renamed).
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 from absl import app, flags
 
 from spelke_jax.evals import paired
+from spelke_jax.evals.viz import save_text
 
 _A = flags.DEFINE_string("a", None, "metrics.json of evaluation A (the baseline).", required=True)
 _B = flags.DEFINE_string("b", None, "metrics.json of evaluation B.", required=True)
@@ -47,9 +47,7 @@ def main(argv):
   if _OUT.value:
     out = Path(_OUT.value)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps({"a": _A.value, "b": _B.value, "results": results}, indent=2))
-    os.replace(tmp, out)
+    save_text(out, json.dumps({"a": _A.value, "b": _B.value, "results": results}, indent=2))
 
 
 if __name__ == "__main__":

@@ -59,12 +59,13 @@ def diagnose(config, thresholds, out: Path) -> dict:
     scores[f"components > {t}, 8-neighbours"] = []
   bs, t0 = config.eval_batch_size, time.time()
   for start in range(0, n, bs):
-    res = [video_folders.resize_example(src[i]["image"], src[i]["flow"], src[i]["ids"],
-                                        config.data.resolution)
-           for i in range(start, min(start + bs, n))]
+    exs = [src[i] for i in range(start, min(start + bs, n))]
+    res = [video_folders.resize_example(e["image"], e["flow"], e["ids"], config.data.resolution)
+           for e in exs]
     images = np.stack([r[0] for r in res])
-    segs, _ = trainer.segment_images(model, images, jax.random.key(config.seed + start), mcfg)
-    key, query = model(jnp.asarray(images))
+    model.eval()
+    key, query = model(jnp.asarray(images))        # one forward for both groupings
+    segs, _ = trainer.group_affinities(key, query, jax.random.key(config.seed + start), mcfg)
     _, h, w, _ = key.shape
     affinity = np.asarray(eisen.softmax_max_norm(eisen.full_affinity_logits(key, query)))
     for j, r in enumerate(res):

@@ -20,7 +20,6 @@ rows) and PNGs (image | plateau map PCA | segments | GT).
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 from typing import Any, Iterator
@@ -227,7 +226,13 @@ def segment_images(model: eisen.EISEN, images: np.ndarray, rng: jax.Array, mcfg:
   """uint8 [B,H,W,3] -> (segments int [B,h,w], plateau [B,h,w,Q]) with the model in eval mode."""
   model.eval()
   key, query = model(jnp.asarray(images))
-  b, h, w, _ = key.shape
+  return group_affinities(key, query, rng, mcfg)
+
+
+def group_affinities(key: jax.Array, query: jax.Array, rng: jax.Array, mcfg: EisenConfig):
+  """The eval grouping of the model's (key, query) [B,h,w,C]: sampled affinities, KProp and
+  Competition -> (segments int [B,h,w], plateau [B,h,w,Q])."""
+  _, h, w, _ = key.shape
   k_samp, k_group = jax.random.split(rng)
   logits, idx = eisen.sample_affinities(key, query, local_window_size=mcfg.local_window_size,
                                         num_samples=mcfg.num_affinity_samples, rng=k_samp)
@@ -319,9 +324,7 @@ def evaluate_model(model: eisen.EISEN, config: ml_collections.ConfigDict, out: P
              # mean best IoU of the dragged objects: the merges explaining away should undo
              "IoU_dragged_objects": _mean([r["dragged_IoU"] for r in rows]),
              "per_image": rows}
-  tmp = out / f".metrics.json.tmp-{os.getpid()}"
-  tmp.write_text(json.dumps(metrics, indent=2))
-  os.replace(tmp, out / "metrics.json")
+  viz.save_text(out / "metrics.json", json.dumps(metrics, indent=2))
   print(f"EISEN matched mIoU over {len(rows)} images: {metrics['mIoU']:.4f} (agent scenes "
         f"{metrics['mIoU_agent_scenes']:.4f} over {len(agent)}, others "
         f"{metrics['mIoU_other_scenes']:.4f}; dragged objects IoU "
