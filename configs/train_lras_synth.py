@@ -38,6 +38,7 @@ def get_config(arg=None):
       scene_kwargs=ml_collections.ConfigDict(dict(camera_prob=0.0, p_move=0.5, agent_prob=0.3))))
   c.probe_order_prob = 0.5           # flow order as probing asks (corners, a poke, the rest)
   c.frame0_loss_weight = 0.1         # weight of frame-0 code prediction vs flow codes (1.0)
+  c.spatial_init = 0.0               # > 0: 2-D sin-cos place codes in the embeddings (train/lras_init.py)
   c.restricted_softmax = True        # softmax over the target's own code range (train/lras.py)
   c.batch_size = 8
   c.num_steps = 6000                 # length of the learning-rate schedule

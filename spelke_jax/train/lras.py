@@ -45,7 +45,7 @@ from spelke_jax.inference import camera
 from spelke_jax.models import lpq as lpq_lib
 from spelke_jax.models import lras
 from spelke_jax.models.lras_config import LRASConfig, compact_layout
-from spelke_jax.train import checkpoints, common, schedules
+from spelke_jax.train import checkpoints, common, lras_init, schedules
 
 
 # ---- Sequences ------------------------------------------------------------------------------------
@@ -208,6 +208,7 @@ def train(config: ml_collections.ConfigDict, workdir: Path) -> dict:
   cfg = model_config(config, rgb_lpq.config.vocab_size, flow_lpq.config.vocab_size)
   mesh, rules = common.setup_mesh(config)
   model = lras.create(cfg, seed=config.seed)
+  lras_init.add_spatial_codes(model, float(config.get("spatial_init", 0.0)))  # before a resume
   lr = schedules.warmup_cosine(config.lr, config.num_steps, warmup_iters=config.warmup_steps)
   tx = optax.chain(optax.clip_by_global_norm(config.grad_clip),
                    optax.adamw(lr, b1=0.9, b2=0.95, weight_decay=config.weight_decay))
