@@ -1,6 +1,7 @@
 """Train the flow-completion transformer (LRAS) on the synthetic Spelke world, sized for CPU.
 
-On the shipped tokenizers (assets/synth_spelkenet; 96-px scenes, the shipped model's recipe):
+On the shipped tokenizers (assets/synth_spelkenet; 96-px scenes; the shipped transformer is
+step 700 of this run, `--config.stop_after=700`):
     python -m spelke_jax.main --config=configs/train_lras_synth.py --workdir=out/lras_synth
 On tokenizers of your own (configs/train_lpq_synth.py:rgb and :flow):
     python -m spelke_jax.main --config=configs/train_lras_synth.py \
@@ -38,7 +39,8 @@ def get_config(arg=None):
       scene_kwargs=ml_collections.ConfigDict(dict(camera_prob=0.0, p_move=0.5, agent_prob=0.3))))
   c.probe_order_prob = 0.5           # flow order as probing asks (corners, a poke, the rest)
   c.frame0_loss_weight = 0.1         # weight of frame-0 code prediction vs flow codes (1.0)
-  c.spatial_init = 0.0               # > 0: 2-D sin-cos place codes in the embeddings (train/lras_init.py)
+  c.spatial_init = 0.03              # 2-D sin-cos place codes added to the initial embeddings
+                                     # (train/lras_init.py; 0 = the original's init)
   c.restricted_softmax = True        # softmax over the target's own code range (train/lras.py)
   c.batch_size = 8
   c.num_steps = 6000                 # length of the learning-rate schedule

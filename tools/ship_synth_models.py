@@ -11,7 +11,8 @@ Writes (each to a temporary name, renamed when complete):
   synth_eisen/          converted Orbax directory (--store_dtype), reference_metrics.json
 reference_metrics.json holds what the default commands print on the shipped set (computed here
 from the shipped files, after the storage rounding) with per-image rows;
-tests/test_shipped_models.py checks that the shipped files still reproduce them.
+tests/evals/test_run_spelkebench.py and tests/train/test_shipped_eisen.py check that the shipped
+files still reproduce them.
 --spelkenet is a LRAS trainer's export/ (lras.pt, rgb_quantizer.pt, flow_quantizer.pt,
 flow_table.npz) or an already shipped synth_spelkenet/; --eisen an EISEN training workdir or an
 already shipped synth_eisen/ (to re-store shipped models, e.g. as int8:
@@ -95,7 +96,10 @@ def ship_spelkenet(src: Path, out: Path) -> dict:
   data = write_eval_set(out, res)
   config = config_files.load("configs/spelkebench.py")
   config.dataset_path = str(data)
-  config.lras_checkpoint = ""  # the shipped files, as the default command loads them
+  # the files just written (what the default command loads when --out is assets/)
+  config.update(lras_checkpoint=str(dest / "lras"), rgb_checkpoint=str(dest / "rgb_quantizer"),
+                flow_checkpoint=str(dest / "flow_quantizer"),
+                flow_table=str(dest / "flow_table.npz"))
   config = ml_collections.FrozenConfigDict(config)
   with tempfile.TemporaryDirectory() as wd:
     metrics = run_spelkebench.run(config, Path(wd))
