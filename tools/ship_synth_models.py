@@ -69,7 +69,7 @@ def ship_spelkenet(src: Path, out: Path) -> dict:
   from spelke_jax.convert.load import load_converted, load_torch  # pylint: disable=g-import-not-at-top
   from spelke_jax.convert.save import save_converted  # pylint: disable=g-import-not-at-top
   from spelke_jax.evals import run_spelkebench  # pylint: disable=g-import-not-at-top
-  from spelke_jax.inference import spelkenet_model  # pylint: disable=g-import-not-at-top
+  from spelke_jax.inference import prompt, spelkenet_model  # pylint: disable=g-import-not-at-top
 
   dest = out / spelkenet_model.SHIPPED_DIR.name
   tmp = out / f".{dest.name}.tmp-{os.getpid()}"
@@ -90,9 +90,7 @@ def ship_spelkenet(src: Path, out: Path) -> dict:
     shutil.rmtree(dest)
   os.replace(tmp, dest)
 
-  res = 4 * lras.config.patch_size * int(round(
-      ((lras.config.frame_0_rgb_pos_range[1] - lras.config.frame_0_rgb_pos_range[0])
-       // (lras.config.patch_size**2 + 1)) ** 0.5))
+  res = prompt.LPQ_STRIDE * lras.config.patch_size * lras.config.patch_grid
   data = write_eval_set(out, res)
   config = config_files.load("configs/spelkebench.py")
   config.dataset_path = str(data)

@@ -180,8 +180,7 @@ class SpelkeNet:
     self.table = flow_table
     cfg = lras_model.config
     self.config = cfg
-    self.grid = int(round(math.sqrt((cfg.frame_0_rgb_pos_range[1] - cfg.frame_0_rgb_pos_range[0])
-                                    // (cfg.patch_size**2 + 1))))
+    self.grid = cfg.patch_grid
     self.patch_px = cfg.patch_size * prompt.LPQ_STRIDE
     self.image_size = self.grid * self.patch_px
     self.probe = probe.scaled_to(self.image_size)

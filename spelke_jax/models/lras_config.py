@@ -75,6 +75,23 @@ class LRASConfig:
   def mlp_dim(self) -> int:
     return self.mlp_ratio * self.n_embd
 
+  @property
+  def patches_per_frame(self) -> int:
+    """Patches of one frame: the frame-0 position range / (patch_size**2 + 1 tokens per patch)."""
+    lo, hi = self.frame_0_rgb_pos_range
+    return (hi - lo) // (self.patch_size**2 + 1)
+
+  @property
+  def patch_grid(self) -> int:
+    """Side of the square patch grid of a frame (32 for the released 256-px models).
+
+    Raises ValueError when the patches of a frame do not make a square grid."""
+    p = self.patches_per_frame
+    g = int(round(p**0.5))
+    if g * g != p:
+      raise ValueError(f"{p} patches per frame do not make a square grid")
+    return g
+
   def __post_init__(self):
     if self.n_embd % self.n_head:
       raise ValueError(f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}")

@@ -39,11 +39,8 @@ def patch_layout(cfg: LRASConfig) -> tuple[int, np.ndarray, np.ndarray]:
   """(num_patches, pointer_yx [P, 2], token_yx [P, T, 2]) in code cells for a square grid;
   T = patch_size**2 + 1 tokens per patch (pointer first, at the patch centre)."""
   s = cfg.patch_size
-  t = s * s + 1
-  p = (cfg.frame_0_rgb_pos_range[1] - cfg.frame_0_rgb_pos_range[0]) // t
-  g = int(round(np.sqrt(p)))
-  if g * g != p:
-    raise ValueError(f"{p} patches per frame do not make a square grid")
+  g = cfg.patch_grid
+  p = g * g
   r, c = np.divmod(np.arange(p), g)
   centre = np.stack([r * s + (s - 1) / 2, c * s + (s - 1) / 2], axis=1)
   dy, dx = np.divmod(np.arange(s * s), s)

@@ -106,3 +106,17 @@ def test_logical_axes_on_every_param():
   for path, var in nnx.to_flat_state(state):
     axes = var.get_metadata().get("logical_axes")
     assert axes is not None and len(axes) == len(var.shape), path
+
+
+@pytest.mark.parametrize("num_patches,patch_size,grid", [(1024, 4, 32), (36, 4, 6), (64, 2, 8)])
+def test_patch_grid(num_patches, patch_size, grid):
+  released = lras_config.lras_1b()
+  assert (released.patches_per_frame, released.patch_grid) == (1024, 32)
+  cfg = lras_config.LRASConfig(**lras_config.compact_layout(8, 8, num_patches, patch_size))
+  assert (cfg.patches_per_frame, cfg.patch_grid) == (num_patches, grid)
+
+
+def test_patch_grid_not_square_raises():
+  cfg = lras_config.LRASConfig(**lras_config.compact_layout(8, 8, 24))
+  with pytest.raises(ValueError, match="24 patches per frame do not make a square grid"):
+    _ = cfg.patch_grid
