@@ -1,13 +1,17 @@
 """SpelkeBench: one segment per ground-truth probe point, then AR / mIoU as the original.
 
 Embedded default (the small SpelkeNet trained on the synthetic Spelke world, assets/synth_spelkenet,
-on the shipped held-out set assets/synth_eval96.h5: 40 scenes of seed 7 at 96 px; the fast
-preset; a few minutes on CPU, no downloads):
+on the shipped held-out set assets/synth_eval96.h5: 40 scenes of seed 7 at 96 px; the
+synthetic_small probing preset; a few minutes on CPU, no downloads):
     python -m spelke_jax.main --config=configs/spelkebench.py --workdir=out/spelkebench_demo
 
 Another registered model (`:NAME` picks it too, e.g. configs/spelkebench.py:whole_image):
     python -m spelke_jax.main --config=configs/spelkebench.py --config.model=whole_image \
         --workdir=out/spelkebench_whole_image
+
+The original's probing (1 zoom iteration, 4 directions) on the shipped model:
+    python -m spelke_jax.main --config=configs/spelkebench.py --config.preset=spelkenet_1b_fast \
+        --workdir=out/spelkebench_fast_preset
 
 The real benchmark with the converted SpelkeNet 1B (download and convert first, see README):
     python -m spelke_jax.main --config=configs/spelkebench.py \
@@ -50,12 +54,15 @@ def get_config(arg=None):
   c.rgb_checkpoint = ""
   c.flow_checkpoint = ""
   c.flow_table = ""                      # flow_token_to_flow_vector_mapping
-  c.preset = "spelkenet_1b_fast"         # spelkenet_1b | spelkenet_7b | spelkenet_1b_fast
+  # synthetic_small: ours, tuned for the shipped small model; the released models use the
+  # original presets spelkenet_1b | spelkenet_7b | spelkenet_1b_fast (pass one with them).
+  c.preset = "synthetic_small"
   c.num_zoom_iters = -1                  # -1 = the preset's value
   c.num_seq_patches = -1
   c.num_seeds = -1
   c.num_dirs = -1
   c.num_zoom_dirs = -1
+  c.point_crop = -1.0                    # crop side / image side (synthetic_small: 0.5); -1 = preset
   c.seed = 0
   c.dtype = "float32"                    # transformer compute/param dtype (bfloat16 on GPU/TPU)
   c.parity = False                       # every probing parity switch set to the original

@@ -4,7 +4,9 @@ map and Spelke segment, as PNGs plus an .npz of the arrays.
 Writes into the workdir: affordance.png (1 - P(no motion) over the image), displacement.png (the
 expected displacement of every poke of the first stage, colour wheel: hue = direction,
 saturation = magnitude), correlation.png (the final stage's mean poke-displacement correlation),
-segment.png (image | segment overlay with the point) and poke.npz.
+segment.png (image | segment overlay with the point) and poke.npz. A stage that probed a crop
+(zoom, or the preset's point_crop) is drawn inside that crop's box over the dimmed image; the
+.npz keeps its maps in the crop's frame with the box (first_box, final_box: x0, y0, x1, y1).
 """
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ import numpy as np
 from absl import logging
 
 from spelke_jax.evals import viz
-from spelke_jax.inference import maps, spelkenet_model
+from spelke_jax.inference import maps, spelkenet_model, zoom
 
 
 def parse_point(text) -> tuple[float, float]:
@@ -60,6 +62,17 @@ def load_image(path: str, size: int, point: tuple[float, float] | None, resize: 
   return np.asarray(img), point
 
 
+def in_image_frame(rgb: np.ndarray, box: np.ndarray, background: np.ndarray) -> np.ndarray:
+  """A stage's [h, w, 3] uint8 picture -> [S, S, 3]: resized (nearest) into box [x0, y0, x1, y1]
+  of `background` [S, S, 3]."""
+  size_y, size_x = background.shape[:2]
+  x0, y0, x1, y1 = (int(v) for v in box)
+  x1, y1 = min(x1, size_x), min(y1, size_y)
+  out = background.copy()
+  out[y0:y1, x0:x1] = zoom.nearest_resize(rgb, y1 - y0, x1 - x0)
+  return out
+
+
 def _demo_input() -> tuple[np.ndarray, tuple[float, float]]:
   from spelke_jax.data.spelkebench import SpelkeBenchReader  # pylint: disable=g-import-not-at-top
   reader = SpelkeBenchReader(Path(__file__).resolve().parents[2] / "assets" / "synth_eval96.h5")
@@ -92,16 +105,17 @@ def run(config: ml_collections.ConfigDict, workdir: Path) -> dict:
   viz.save_png(workdir / "affordance.png", viz.side_by_side(
       [marked, viz.heatmap_rgb(np.kron(affordance, np.ones((size // affordance.shape[0],) * 2)),
                                "hot", 0.0, 1.0)]))
-  up = size // first.displacement.shape[1]  # the 128-px maps shown at image size
-  flows = [np.kron(maps.flow_to_rgb(d), np.ones((up, up, 1), np.uint8)) for d in first.displacement]
+  dimmed = (u8 * 0.3).astype(np.uint8)
+  flows = [in_image_frame(maps.flow_to_rgb(d), first.box, dimmed) for d in first.displacement]
   viz.save_png(workdir / "displacement.png", viz.side_by_side([marked] + flows))
   viz.save_png(workdir / "correlation.png", viz.side_by_side(
-      [marked, viz.heatmap_rgb(final.mean_dot, "viridis")]))
+      [marked, in_image_frame(viz.heatmap_rgb(final.mean_dot, "viridis"), final.box, dimmed)]))
   viz.save_png(workdir / "segment.png", viz.side_by_side(
       [marked, viz.draw_point(viz.overlay_mask(u8, segment, (255, 255, 0), 0.5), point,
                               (255, 0, 0), radius=4)]))
   arrays = dict(image=u8, point=np.asarray(point, np.float32), affordance=affordance,
-                displacement=first.displacement, correlation=final.mean_dot, segment=segment)
+                displacement=first.displacement, correlation=final.mean_dot, segment=segment,
+                first_box=first.box, final_box=final.box)
   tmp = workdir / f".poke.tmp-{os.getpid()}.npz"
   np.savez_compressed(tmp, **arrays)
   os.replace(tmp, workdir / "poke.npz")

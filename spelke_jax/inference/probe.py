@@ -45,6 +45,17 @@ class ProbeConfig:
     raise_on_empty_zoom: the original crashes when a zoom stage finds an empty segment; ours
       stops zooming and keeps the previous crop.
 
+  Options of ours for small models (off in the original presets, on in `synthetic_small`):
+    point_crop: side of a square crop centred on the probe point, as a fraction of the image
+      side, resized to the model's size before the first stage (the segment is pasted back).
+      0 = off. Makes the objects span more of a coarse patch grid, as zooming does, without
+      trusting a first segment to place the crop.
+    second_point_stage: without zoom iterations, still run the one parallel stage (num_zoom_dirs
+      pokes) whose segment gives the final stage its second poke points; the original runs it
+      only after zooming.
+    final_expected_displacement: the final stage dots the pokes with the expected displacement
+      of the parallel-decoded patches (as the zoom stages do) instead of the sampled flow.
+
   Pixel hyperparameters (min_mag, max_mag, crop_padding, second_point_dist) are in pixels of a
   `reference_size` image (the original's 256) and scale with the model's image size
   (`scaled_to`): a 96-px model pokes 3.75-9.4 px, as objects in its training data move. At
@@ -68,7 +79,15 @@ class ProbeConfig:
   per_run_frame0_order: bool = False
   bf16_displacement: bool = False
   raise_on_empty_zoom: bool = False
+  point_crop: float = 0.0
+  second_point_stage: bool = False
+  final_expected_displacement: bool = False
   reference_size: int = 256
+
+  def __post_init__(self):
+    if not 0 <= self.point_crop < 1:
+      raise ValueError(f"point_crop must lie in [0, 1) (a fraction of the image side), "
+                       f"got {self.point_crop}")
 
   def scaled_to(self, image_size: int) -> "ProbeConfig":
     """The pixel hyperparameters scaled by image_size / reference_size (identity at 256)."""
@@ -106,8 +125,18 @@ def spelkenet_1b_fast() -> ProbeConfig:
                      num_zoom_dirs=1)
 
 
+def synthetic_small() -> ProbeConfig:
+  """Ours, for the small models trained on the synthetic world (96 px, 12 x 12 patches of 8 px): a
+  crop of half the image around the point, one stage of 8 pokes for the second points, then 8
+  pokes with second points, both with the expected displacement. Chosen on the tuning sets
+  (seeds 8 and 9; see README "Training on the synthetic world")."""
+  return ProbeConfig(num_zoom_iters=0, num_seq_patches=0, num_seeds=1, num_dirs=8,
+                     num_zoom_dirs=8, point_crop=0.5, second_point_stage=True,
+                     final_expected_displacement=True)
+
+
 PRESETS = {"spelkenet_1b": spelkenet_1b, "spelkenet_7b": spelkenet_7b,
-           "spelkenet_1b_fast": spelkenet_1b_fast}
+           "spelkenet_1b_fast": spelkenet_1b_fast, "synthetic_small": synthetic_small}
 
 
 # ---- Pokes ------------------------------------------------------------------------------------
@@ -162,6 +191,8 @@ class StageResult:
   segment: np.ndarray              # [H', W'] bool
   segment_256: np.ndarray          # [S, S] bool at the image size
   diagnostics: dict = dataclasses.field(default_factory=dict)
+  box: np.ndarray | None = None    # int32 [x0, y0, x1, y1]: the probed image (a crop, resized to
+                                   #   S) in the input image's pixels; set by run_inference
 
 
 class SpelkeNet:
@@ -381,10 +412,12 @@ class SpelkeNet:
                     key: jax.Array | None = None, trace: list | None = None) -> np.ndarray:
     """Spelke segment of the object at `point` (x, y): bool [S, S] (SpelkeBenchModel API).
 
-    Zoom stages (num_zoom_iters x num_zoom_dirs pokes, parallel decoding) crop around the
-    segment; the final stage (num_seeds x num_dirs pokes, num_seq_patches sampled patches,
-    decoded flow) runs on the last crop and is pasted back. `trace`, if given, receives every
-    StageResult."""
+    With point_crop, everything runs on a fixed crop around the point. Zoom stages
+    (num_zoom_iters x num_zoom_dirs pokes, parallel decoding) crop around the segment; the
+    final stage (num_seeds x num_dirs pokes, num_seq_patches sampled patches, decoded flow or
+    with final_expected_displacement the expected displacement) runs on the last crop and is
+    pasted back. `trace`, if given, receives every StageResult; each one's `box` says where the
+    image it probed lies in `image`."""
     p = self.probe
     key = jax.random.key(0) if key is None else key
     image01 = self.check_image(image)
@@ -392,12 +425,22 @@ class SpelkeNet:
     size = (self.image_size, self.image_size)
     crops: list[zoom.Crop] = []
     crop_img, crop_pt = image01, point
+    if p.point_crop:
+      side = max(1, int(round(p.point_crop * self.image_size)))
+      c = zoom.point_crop_box(point, side, self.image_size)
+      crop_img, crop_pt = zoom.crop_image(crop_img, c, self.image_size), zoom.crop_point(crop_pt, c)
+      crops.append(c)
     zoom_kw = dict(num_seeds=1, num_dirs=p.num_zoom_dirs, num_seq=0, use_flow_pred=False)
-    initial = None
-    for it in range(p.num_zoom_iters + (1 if p.num_zoom_iters else 0)):
-      res = self.get_segment(crop_img, crop_pt, key=jax.random.fold_in(key, it), **zoom_kw)
+
+    def traced(res: StageResult) -> StageResult:
+      res.box = zoom.absolute_boxes(crops, size)[-1]
       if trace is not None:
         trace.append(res)
+      return res
+    initial = None
+    seeding_stage = 1 if (p.num_zoom_iters or p.second_point_stage) else 0
+    for it in range(p.num_zoom_iters + seeding_stage):
+      res = traced(self.get_segment(crop_img, crop_pt, key=jax.random.fold_in(key, it), **zoom_kw))
       if it == p.num_zoom_iters:  # the last zoom-level segment seeds the second pokes
         initial = res.segment_256.astype(np.uint8)
         break
@@ -408,19 +451,16 @@ class SpelkeNet:
       c = zoom.square_crop_box(res.segment_256, p.crop_padding, self.image_size)
       crop_img, crop_pt = zoom.crop_image(crop_img, c, self.image_size), zoom.crop_point(crop_pt, c)
       crops.append(c)
-    if p.num_zoom_iters and initial is None:  # stopped early: segment the current crop
-      res = self.get_segment(crop_img, crop_pt, key=jax.random.fold_in(key, 99), **zoom_kw)
+    if seeding_stage and initial is None:  # stopped early: segment the current crop
+      res = traced(self.get_segment(crop_img, crop_pt, key=jax.random.fold_in(key, 99), **zoom_kw))
       initial = res.segment_256.astype(np.uint8)
-    final = self.get_segment(crop_img, crop_pt, num_seeds=p.num_seeds, num_dirs=p.num_dirs,
-                             num_seq=p.num_seq_patches, use_flow_pred=True,
-                             key=jax.random.fold_in(key, 1000), initial_segment=initial)
-    if trace is not None:
-      trace.append(final)
-    segment = final.segment_256
-    if crops:
-      segment = zoom.paste_segment(segment.astype(np.uint8), zoom.absolute_boxes(crops, size)[-1],
-                                   size).astype(bool)
-    return segment
+    final = traced(self.get_segment(crop_img, crop_pt, num_seeds=p.num_seeds, num_dirs=p.num_dirs,
+                                    num_seq=p.num_seq_patches,
+                                    use_flow_pred=not p.final_expected_displacement,
+                                    key=jax.random.fold_in(key, 1000), initial_segment=initial))
+    if not crops:
+      return final.segment_256
+    return zoom.paste_segment(final.segment_256.astype(np.uint8), final.box, size).astype(bool)
 
   def _decode_groups(self, prompts: list, keys: jax.Array, diagnostics: bool,
                      sampling_config: sampling.SamplingConfig | None = None) -> list[dict]:

@@ -60,6 +60,17 @@ def square_crop_box(mask: np.ndarray, padding: int = 25, out_size: int = 256) ->
   return Crop(int(x0), int(y0), int(x1), int(y1), out_size / crop_h)
 
 
+def point_crop_box(point: tuple[float, float], side: int, image_size: int) -> Crop:
+  """A square of `side` px centred on point (x, y), shifted inside an [S, S] image, resized to S.
+
+  Raises ValueError unless 0 < side <= image_size."""
+  if not 0 < side <= image_size:
+    raise ValueError(f"crop side {side} px must lie in (0, {image_size}]")
+  x0 = int(np.clip(round(point[0] - side / 2), 0, image_size - side))
+  y0 = int(np.clip(round(point[1] - side / 2), 0, image_size - side))
+  return Crop(x0, y0, x0 + side, y0 + side, image_size / side)
+
+
 def _shift_inside(start: int, end: int, limit: int) -> tuple[int, int]:
   length = end - start
   if start < 0:

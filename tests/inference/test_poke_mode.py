@@ -38,6 +38,9 @@ def test_poke_mode_writes_pngs_and_arrays(tmp_path):
     # 300x400 -> 96x128 -> centre crop (16 px off each side): x 200 -> 200*128/400 - 16 = 48;
     # y 150 -> 150*96/300 = 48.
     np.testing.assert_allclose(z["point"], [48, 48], atol=0.01)
+    # the default preset probes a 48-px crop centred on the point: maps in its frame, with the box
+    assert z["first_box"].tolist() == z["final_box"].tolist() == [24, 24, 72, 72]
+    assert z["correlation"].shape[0] < 96
   assert not list(wd.glob(".*tmp*"))
 
 
@@ -59,3 +62,13 @@ def test_load_image_requires_size_without_resize(tmp_path):
   (tmp_path / "b.png").write_bytes(b"not an image")
   with pytest.raises(ValueError, match="not a readable image"):
     poke_mode.load_image(str(tmp_path / "b.png"), 256, (1, 1), resize=True)
+
+
+def test_in_image_frame_pastes_a_crop_map_into_its_box():
+  background = np.full((8, 8, 3), 7, np.uint8)
+  rgb = np.arange(12, dtype=np.uint8).reshape(2, 2, 3)
+  out = poke_mode.in_image_frame(rgb, np.array([2, 4, 6, 8]), background)
+  np.testing.assert_array_equal(out[4:8, 2:6], np.kron(rgb, np.ones((2, 2, 1), np.uint8)))
+  outside = np.ones((8, 8), bool)
+  outside[4:8, 2:6] = False
+  assert (out[outside] == 7).all() and (background == 7).all()

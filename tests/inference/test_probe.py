@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 import jax
+import ml_collections
 import numpy as np
 import pytest
 
@@ -108,6 +109,58 @@ def test_run_inference_end_to_end_and_deterministic(tiny):
   assert len(trace) == 3  # zoom stage, initial segment on the crop, final stage
   assert trace[-1].dot_maps.shape == (2, 256, 256)  # decoded flow at full resolution
   assert trace[0].dot_maps.shape == (2, 128, 128)   # expected displacement from logits
+
+
+def test_point_crop_runs_every_stage_on_the_crop(tiny):
+  cfg = dict(num_zoom_iters=0, num_zoom_dirs=2, num_seeds=1, num_dirs=2, num_seq_patches=0,
+             point_crop=0.5, second_point_stage=True, final_expected_displacement=True)
+  net = _net(tiny, **cfg)
+  img = _image(3)
+  seen = []
+  real = net.get_segment
+
+  def spy(image01, point, **kw):
+    seen.append((image01, point, kw.get("initial_segment"), kw["use_flow_pred"]))
+    return real(image01, point, **kw)
+  net.get_segment = spy
+  trace = []
+  seg = net.run_inference(img, (40, 120), key=jax.random.key(5), trace=trace)
+  # a 128-px square centred on the point, shifted inside the image: x 0..128, y 56..184
+  crop = zoom.point_crop_box((40, 120), 128, 256)
+  assert (crop.x_start, crop.y_start, crop.x_end, crop.y_end) == (0, 56, 128, 184)
+  expect_img = zoom.crop_image(img, crop, 256)
+  assert len(seen) == len(trace) == 2  # the seeding stage, then the final stage, both on the crop
+  for image01, point, _, use_flow_pred in seen:
+    np.testing.assert_array_equal(image01, expect_img)
+    assert point == zoom.crop_point((40, 120), crop) == (80, 128)
+    assert not use_flow_pred  # expected displacement in both stages
+  assert seen[0][2] is None
+  np.testing.assert_array_equal(seen[1][2], trace[0].segment_256.astype(np.uint8))
+  assert trace[-1].dot_maps.shape == (2, 128, 128)  # expected displacement, not decoded flow
+  np.testing.assert_array_equal(seg, zoom.paste_segment(
+      trace[-1].segment_256.astype(np.uint8), np.array([0, 56, 128, 184]), (256, 256)).astype(bool))
+  assert not seg[:56].any() and not seg[184:].any() and not seg[:, 128:].any()
+  # without the crop and the seeding stage: one stage on the whole image
+  plain = _net(tiny, **{**cfg, "point_crop": 0.0, "second_point_stage": False})
+  trace = []
+  plain.run_inference(img, (40, 120), key=jax.random.key(5), trace=trace)
+  assert len(trace) == 1
+
+
+def test_point_crop_geometry_and_bad_values():
+  c = zoom.point_crop_box((48.0, 48.0), 48, 96)
+  assert (c.x_start, c.y_start, c.x_end, c.y_end, c.ratio) == (24, 24, 72, 72, 2.0)
+  c = zoom.point_crop_box((95.0, 3.0), 48, 96)  # pushed inside at the corner
+  assert (c.x_start, c.y_start, c.x_end, c.y_end) == (48, 0, 96, 48)
+  with pytest.raises(ValueError, match="crop side 0 px"):
+    zoom.point_crop_box((10, 10), 0, 96)
+  with pytest.raises(ValueError, match="point_crop must lie in"):
+    probe.ProbeConfig(point_crop=1.0)
+  with pytest.raises(ValueError, match="point_crop must lie in"):
+    probe.ProbeConfig(point_crop=-0.1)
+  small = probe.PRESETS["synthetic_small"]()
+  assert small.point_crop == 0.5 and small.original().point_crop == 0.5
+  assert probe.spelkenet_1b_fast().point_crop == 0.0  # the original presets keep it off
 
 
 def test_bad_inputs(tiny):
@@ -233,3 +286,15 @@ def test_pixel_hyperparameters_scale_with_the_model_size(tiny):
   off = dataclasses.replace(base, reference_size=0)
   assert off.scaled_to(96) == off
   assert _net(tiny).probe == probe.ProbeConfig().scaled_to(256)  # the tiny model is 256 px
+
+
+def test_probe_config_from_a_config():
+  c = ml_collections.ConfigDict(dict(preset="synthetic_small", num_zoom_iters=-1, num_dirs=4,
+                                     point_crop=-1.0, parity=False))
+  cfg = spelkenet_model.probe_config_from(c)
+  assert cfg == dataclasses.replace(probe.synthetic_small(), num_dirs=4)
+  c.point_crop = 0.0
+  assert spelkenet_model.probe_config_from(c).point_crop == 0.0
+  c.preset = "spelkenet_2b"
+  with pytest.raises(ValueError, match="unknown probing preset 'spelkenet_2b'"):
+    spelkenet_model.probe_config_from(c)
