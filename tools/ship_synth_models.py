@@ -58,9 +58,8 @@ def reference(metrics: dict, command: str, row_keys: tuple[str, ...]) -> dict:
 
 
 def write_json(path: Path, obj: dict) -> None:
-  tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-  tmp.write_text(json.dumps(obj, indent=2))
-  os.replace(tmp, path)
+  from spelke_jax.evals import viz  # pylint: disable=g-import-not-at-top
+  viz.save_text(path, json.dumps(obj, indent=2))  # atomic; no temporary file left on failure
 
 
 def ship_spelkenet(src: Path, out: Path) -> dict:

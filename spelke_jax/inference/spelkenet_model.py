@@ -118,10 +118,10 @@ def load_spelkenet(lras_path, rgb_path, flow_path, table_path, probe_config: pro
 def probe_config_from(config: ml_collections.ConfigDict) -> probe.ProbeConfig:
   """The preset named by config.preset, with every hyperparameter >= 0 overriding it
   (num_zoom_iters, num_seq_patches, num_seeds, num_dirs, num_zoom_dirs, point_crop)."""
-  name = config.get("preset", "spelkenet_1b")
-  if name not in probe.PRESETS:
-    raise ValueError(f"unknown probing preset {name!r}; known: {sorted(probe.PRESETS)}")
-  base = probe.PRESETS[name]()
+  preset = config.get("preset", "spelkenet_1b")
+  if preset not in probe.PRESETS:
+    raise ValueError(f"unknown probing preset {preset!r}; known: {sorted(probe.PRESETS)}")
+  base = probe.PRESETS[preset]()
   kw = {}
   for name in ("num_zoom_iters", "num_seq_patches", "num_seeds", "num_dirs", "num_zoom_dirs"):
     v = config.get(name, -1)
